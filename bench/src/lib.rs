@@ -1,0 +1,1 @@
+//! Benchmarks that compare Stretto with peers in the same run. (Being built.)

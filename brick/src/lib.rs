@@ -1,0 +1,1 @@
+//! The brick daemon: serves `storage` over `transport`. (Being built.)

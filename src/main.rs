@@ -1,0 +1,4 @@
+//! `stretto`: the command line of Stretto (being built).
+fn main() {
+    println!("stretto");
+}

@@ -1,0 +1,1 @@
+//! The brick's object store: chunk files driven through io_uring. (Being built.)

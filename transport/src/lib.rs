@@ -1,0 +1,1 @@
+//! The brick wire protocol and its connections. (Being built.)
