@@ -101,6 +101,27 @@ impl Default for StoreOptions {
     }
 }
 
+/// How the store has done its I/O (see [`ObjectStore::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Read/write entries that used a registered (fixed) buffer.
+    pub fixed_buffer_ios: u64,
+    /// Read/write entries on an unregistered buffer.
+    pub plain_buffer_ios: u64,
+    /// Entries that named a fixed file slot instead of a descriptor.
+    pub fixed_file_entries: u64,
+    /// Reads/writes that went through an aligned bounce buffer.
+    pub bounced: u64,
+    /// Chunk files opened with `O_DIRECT`.
+    pub files_opened_direct: u64,
+    /// Chunk files opened buffered.
+    pub files_opened_buffered: u64,
+    /// Chunk files closed to make room in the file table.
+    pub files_evicted: u64,
+    /// Disk operations failed by the fault plan.
+    pub faults_injected: u64,
+}
+
 struct WorkerHandle {
     tx: mpsc::Sender<Msg>,
     wake: File,
@@ -191,6 +212,7 @@ impl ObjectStore {
             faults: opts.faults.clone(),
             want_direct: opts.direct_io,
             direct_unsupported: AtomicBool::new(false),
+            stats: Default::default(),
         });
 
         // All rings first: the later ones share the first one's buffer
@@ -254,6 +276,22 @@ impl ObjectStore {
     /// Where `chunk`'s file lives (it may not exist).
     pub fn chunk_path(&self, chunk: ChunkId) -> PathBuf {
         self.shared.root.join(chunk.relative_path())
+    }
+
+    /// Counters of how the store has done its I/O so far.
+    pub fn stats(&self) -> StoreStats {
+        let c = &self.shared.stats;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        StoreStats {
+            fixed_buffer_ios: get(&c.fixed_buffer_ios),
+            plain_buffer_ios: get(&c.plain_buffer_ios),
+            fixed_file_entries: get(&c.fixed_file_entries),
+            bounced: get(&c.bounced),
+            files_opened_direct: get(&c.files_opened_direct),
+            files_opened_buffered: get(&c.files_opened_buffered),
+            files_evicted: get(&c.files_evicted),
+            faults_injected: get(&c.faults_injected),
+        }
     }
 
     /// The brick directory.

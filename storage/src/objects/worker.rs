@@ -17,7 +17,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
@@ -151,6 +151,25 @@ pub(crate) struct Shared {
     /// An `O_DIRECT` open failed with `EINVAL`: the file system cannot do it,
     /// so every later open goes buffered (and the warning is logged once).
     pub(crate) direct_unsupported: AtomicBool,
+    pub(crate) stats: Counters,
+}
+
+/// Counters behind [`super::StoreStats`] (relaxed: they are for tests and
+/// operators, not for synchronisation).
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) fixed_buffer_ios: AtomicU64,
+    pub(crate) plain_buffer_ios: AtomicU64,
+    pub(crate) fixed_file_entries: AtomicU64,
+    pub(crate) bounced: AtomicU64,
+    pub(crate) files_opened_direct: AtomicU64,
+    pub(crate) files_opened_buffered: AtomicU64,
+    pub(crate) files_evicted: AtomicU64,
+    pub(crate) faults_injected: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 impl Shared {
@@ -713,12 +732,18 @@ impl Worker {
                 offset, buf, xfer, ..
             } => {
                 *xfer = Transfer::plan(direct, *offset, buf.len(), &pool, false);
+                if xfer.bounce.is_some() {
+                    bump(&self.shared.stats.bounced);
+                }
                 self.submit_transfer(idx);
             }
             Kind::Write {
                 offset, buf, xfer, ..
             } => {
                 *xfer = Transfer::plan(direct, *offset, buf.len(), &pool, true);
+                if xfer.bounce.is_some() {
+                    bump(&self.shared.stats.bounced);
+                }
                 if xfer.edges {
                     self.submit_edges(idx);
                 } else {
@@ -752,6 +777,12 @@ impl Worker {
         };
         let n = (io.len() - pos).min(MAX_IO);
         let fixed = self.ring.fixed_index(io);
+        let stats = &self.shared.stats;
+        bump(if fixed.is_some() {
+            &stats.fixed_buffer_ios
+        } else {
+            &stats.plain_buffer_ios
+        });
         let ptr = io.spare_mut()[pos..].as_mut_ptr();
         // `n <= MAX_IO < u32::MAX`.
         let n = n as u32;
@@ -827,6 +858,7 @@ impl Worker {
         let ud = TAG_OP | (idx as u64) << PART_BITS | part;
         let entry = match self.shared.fault(fault) {
             Some(errno) => {
+                bump(&self.shared.stats.faults_injected);
                 self.injected.insert(ud, errno);
                 ring::nop()
             }
@@ -836,6 +868,9 @@ impl Worker {
             op.inflight += 1;
             if let Some(f) = op.file.and_then(|f| self.files.get_mut(f)) {
                 f.inflight += 1;
+                if f.slot.is_some() {
+                    bump(&self.shared.stats.fixed_file_entries);
+                }
             }
         }
         self.in_ring += 1;
@@ -1204,6 +1239,11 @@ impl Worker {
             }
             Err(e) => return Err(open_err(e)),
         };
+        bump(if direct {
+            &self.shared.stats.files_opened_direct
+        } else {
+            &self.shared.stats.files_opened_buffered
+        });
         let mut dirty = false;
         if !created {
             // Bytes past the durable size are left-overs of writes whose
@@ -1309,6 +1349,7 @@ impl Worker {
             .min_by_key(|(_, f)| f.last_used)
             .map(|(i, _)| i);
         let Some(fid) = victim else { return false };
+        bump(&self.shared.stats.files_evicted);
         let Some(f) = self.files.get(fid) else {
             return false;
         };
@@ -1388,6 +1429,7 @@ impl Worker {
             let ud = TAG_FLUSH | (job as u64) << ITEM_BITS | i as u64;
             let e = match self.shared.fault(FaultOp::Sync) {
                 Some(errno) => {
+                    bump(&self.shared.stats.faults_injected);
                     self.injected.insert(ud, errno);
                     ring::nop()
                 }
