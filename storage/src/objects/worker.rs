@@ -569,9 +569,9 @@ impl Worker {
 
     fn arm_wake(&mut self) {
         let e = ring::poll_readable(self.wake.as_raw_fd()).user_data(TAG_WAKE);
-        // SAFETY: the poll names only the eventfd, which this worker owns
-        // for its whole life (longer than the ring's entries).
-        self.push_raw(&e);
+        // SAFETY: the poll names no memory, only the eventfd, which this
+        // worker owns for its whole life (longer than the ring).
+        unsafe { self.push_raw(&e) };
     }
 
     fn drain_channel(&mut self) {
@@ -791,7 +791,9 @@ impl Worker {
         } else {
             (ring::read(target, ptr, n, file_off, fixed), FaultOp::Read)
         };
-        self.push_op(idx, PART_MAIN, entry, fault);
+        // SAFETY: `ptr..ptr + n` lies inside the op's caller or bounce
+        // buffer (`pos + n <= len <= capacity`), and `target` is its file.
+        unsafe { self.push_op(idx, PART_MAIN, entry, fault) };
     }
 
     /// Read-modify-write, step one: read the partial first and/or last
@@ -833,7 +835,9 @@ impl Worker {
             entries.push((PART_TAIL, ring::read(target, ptr, a as u32, off, fixed)));
         }
         for (part, e) in entries {
-            self.push_op(idx, part, e, FaultOp::Read);
+            // SAFETY: each read covers one block inside the op's bounce
+            // buffer (`span >= a`), and `target` is the op's file.
+            unsafe { self.push_op(idx, part, e, FaultOp::Read) };
         }
     }
 
@@ -850,11 +854,16 @@ impl Worker {
         };
         let e = ring::fallocate(file.target(), mode.flags(), *offset, *len);
         let fault = mode.fault_op();
-        self.push_op(idx, PART_MAIN, e, fault);
+        // SAFETY: fallocate names no memory; its file is the op's.
+        unsafe { self.push_op(idx, PART_MAIN, e, fault) };
     }
 
     /// Pushes an entry of op `idx`, or a no-op carrying an injected error.
-    fn push_op(&mut self, idx: usize, part: u64, entry: squeue::Entry, fault: FaultOp) {
+    ///
+    /// # Safety
+    /// `entry` may point only into the buffers op `idx` owns (its caller or
+    /// bounce buffer) and name only the op's open file.
+    unsafe fn push_op(&mut self, idx: usize, part: u64, entry: squeue::Entry, fault: FaultOp) {
         let ud = TAG_OP | (idx as u64) << PART_BITS | part;
         let entry = match self.shared.fault(fault) {
             Some(errno) => {
@@ -874,22 +883,24 @@ impl Worker {
             }
         }
         self.in_ring += 1;
-        // SAFETY: the entry points into the op's caller or bounce buffer
-        // and names the op's open file. Both are owned by the op in
-        // `self.ops`, which is removed only in `finish`, called only when
-        // the op has no entry in flight; the file is closed only when its
-        // `inflight` count (raised above) is back to zero. Moving the op
-        // inside the slab does not move the buffer's heap memory.
-        self.push_raw(&entry.user_data(ud));
+        // SAFETY: by this function's contract the entry points into the
+        // op's buffers and names the op's file. The buffers are owned by the
+        // op in `self.ops`, which is removed only in `finish`, called only
+        // when the op has no entry in flight (moving the op inside the slab
+        // does not move the buffers' heap memory); the file is closed only
+        // when its `inflight` count, raised above, is back to zero.
+        unsafe { self.push_raw(&entry.user_data(ud)) };
     }
 
     /// Pushes an entry, reaping completions (handled later) if the rings
     /// are full.
-    fn push_raw(&mut self, entry: &squeue::Entry) {
+    ///
+    /// # Safety
+    /// As [`Ring::push`]: what the entry points to and names must outlive
+    /// its completion.
+    unsafe fn push_raw(&mut self, entry: &squeue::Entry) {
         loop {
-            // SAFETY: forwarded from the callers (`push_op`, `arm_wake`,
-            // `start_flush`), which each state why the entry's memory and
-            // descriptor outlive it.
+            // SAFETY: forwarded from this function's own contract.
             if unsafe { self.ring.push(entry) } {
                 return;
             }
@@ -1439,7 +1450,7 @@ impl Worker {
             // SAFETY: a sync entry names no memory; its descriptor is a
             // chunk file whose `inflight` count was raised above (so it stays
             // open) or a directory held in the job's items until the job ends.
-            self.push_raw(&e.user_data(ud));
+            unsafe { self.push_raw(&e.user_data(ud)) };
         }
     }
 
