@@ -293,3 +293,41 @@ fn faults_among_many_in_flight() {
     }
     assert_eq!(s.store.stat(c).unwrap().unwrap().version, 20);
 }
+
+/// What a flush syncs: every chunk file changed since the last flush (once)
+/// and every directory whose entries changed; nothing when nothing changed.
+#[test]
+fn flush_syncs_exactly_what_changed() {
+    let s = setup(true);
+    let syncs = || s.plan.seen(FaultOp::Sync);
+    // Three new chunks: three files, plus their new fan-out directories and
+    // `objects/` itself (at least one directory).
+    for i in 0..3 {
+        write(&s.store, chunk(100 + i), 0, b"new").unwrap();
+    }
+    let before = syncs();
+    s.store.flush().wait().unwrap();
+    let first = syncs() - before;
+    assert!(first >= 4, "3 files + directories, got {first}");
+    // Nothing changed: no sync at all, but metadata is still flushed.
+    let before = syncs();
+    s.store.flush().wait().unwrap();
+    assert_eq!(syncs(), before);
+    assert_eq!(s.meta.flush_count(), 2);
+    // Two writes to one existing chunk: one fdatasync.
+    write(&s.store, chunk(100), 0, b"again").unwrap();
+    write(&s.store, chunk(100), 9000, b"and again").unwrap();
+    let before = syncs();
+    s.store.flush().wait().unwrap();
+    assert_eq!(syncs() - before, 1);
+    // A removal: the directory that held the file.
+    s.store.remove(chunk(101)).wait().unwrap();
+    let before = syncs();
+    s.store.flush().wait().unwrap();
+    assert_eq!(syncs() - before, 1);
+    // Reads change nothing.
+    read(&s.store, chunk(102), 0, 3).unwrap();
+    let before = syncs();
+    s.store.flush().wait().unwrap();
+    assert_eq!(syncs(), before);
+}

@@ -46,6 +46,22 @@ struct Rule {
 pub struct FaultPlan {
     rules: Mutex<Vec<Rule>>,
     fired: AtomicU64,
+    /// Operations seen, by kind (index: [`FaultOp::index`]).
+    seen: [AtomicU64; 6],
+}
+
+impl FaultOp {
+    fn index(self) -> Option<usize> {
+        match self {
+            FaultOp::Open => Some(0),
+            FaultOp::Read => Some(1),
+            FaultOp::Write => Some(2),
+            FaultOp::Punch => Some(3),
+            FaultOp::Zero => Some(4),
+            FaultOp::Sync => Some(5),
+            FaultOp::Any => None,
+        }
+    }
 }
 
 impl FaultPlan {
@@ -86,10 +102,23 @@ impl FaultPlan {
         self.fired.load(Ordering::SeqCst)
     }
 
+    /// How many disk operations of kind `op` the store has attempted while
+    /// this plan was installed (failed ones included); `Any` sums all kinds.
+    /// Lets tests see, for example, how many syncs a flush issued.
+    pub fn seen(&self, op: FaultOp) -> u64 {
+        match op.index() {
+            Some(i) => self.seen[i].load(Ordering::SeqCst),
+            None => self.seen.iter().map(|c| c.load(Ordering::SeqCst)).sum(),
+        }
+    }
+
     /// Called by a worker before a disk operation of kind `op`: the errno
     /// to fail it with, if a rule says so. Every matching rule counts the
     /// operation, whether or not it fires.
     pub(crate) fn check(&self, op: FaultOp) -> Option<i32> {
+        if let Some(i) = op.index() {
+            self.seen[i].fetch_add(1, Ordering::SeqCst);
+        }
         let mut hit = None;
         let mut rules = self.lock();
         for r in rules.iter_mut() {
