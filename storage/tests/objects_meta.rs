@@ -298,3 +298,35 @@ fn store_is_send_sync_and_shared() {
         assert_eq!(s.stat(chunk(u64::from(t))).unwrap(), meta(5000, 50));
     }
 }
+
+/// A flush with far more syncs than the ring has entries (and than its
+/// completion queue holds): they are pushed in waves and all complete.
+#[test]
+fn flush_with_many_dirty_files_on_a_tiny_ring() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let m = Arc::new(MemoryMeta::new());
+    let opts = StoreOptions {
+        workers: 1,
+        ring_entries: 8,
+        max_open_files: 200,
+        buf_size: 4096,
+        bufs_per_worker: 4,
+        ..StoreOptions::default()
+    };
+    let s = ObjectStore::open(dir.path(), m.clone(), opts.clone()).unwrap();
+    let chunks: Vec<ChunkId> = (0..150).map(chunk).collect();
+    let flying: Vec<_> = chunks
+        .iter()
+        .map(|&c| s.write(c, c.index * 3, IoBuf::from_slice(&c.index.to_le_bytes())))
+        .collect();
+    for p in flying {
+        p.wait().0.unwrap();
+    }
+    s.flush().wait().unwrap();
+    assert_eq!(m.flush_count(), 1);
+    drop(s);
+    let s = ObjectStore::open(dir.path(), m, opts).unwrap();
+    for &c in &chunks {
+        assert_eq!(read(&s, c, c.index * 3, 8), c.index.to_le_bytes());
+    }
+}

@@ -540,7 +540,10 @@ impl Worker {
             if self.shutting_down && self.is_idle() {
                 break;
             }
-            match self.ring.submit_and_wait(1) {
+            // Completions reaped while pushing are already here: do not
+            // sleep waiting for new ones before handling them.
+            let want = usize::from(self.deferred.is_empty());
+            match self.ring.submit_and_wait(want) {
                 Ok(_) => ring_error_logged = false,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
                 Err(e) => {
