@@ -443,7 +443,7 @@ struct ChunkState {
 
 enum FlushItem {
     File { id: usize, chunk: ChunkId },
-    Dir { path: PathBuf, _dir: File },
+    Dir { path: PathBuf, dir: File },
 }
 
 struct FlushJob {
@@ -1404,7 +1404,7 @@ impl Worker {
         }
         for path in std::mem::take(&mut self.dirty_dirs) {
             match File::open(&path) {
-                Ok(dir) => items.push(FlushItem::Dir { path, _dir: dir }),
+                Ok(dir) => items.push(FlushItem::Dir { path, dir }),
                 Err(source) => {
                     error.get_or_insert(StoreError::DirSync {
                         path: path.clone(),
@@ -1427,8 +1427,8 @@ impl Worker {
                         entries.push(ring::fsync(f.target(), true));
                     }
                 }
-                FlushItem::Dir { _dir, .. } => {
-                    entries.push(ring::fsync(Target::Fd(_dir.as_raw_fd()), false));
+                FlushItem::Dir { dir, .. } => {
+                    entries.push(ring::fsync(Target::Fd(dir.as_raw_fd()), false));
                 }
             }
         }
