@@ -92,7 +92,8 @@ fn real_files_background_flusher_makes_noflush_durable() {
     // the log passes half full.
     for i in 0..400u64 {
         let mut tx = rvm.begin();
-        tx.write(8192 + (i % 64) * 16, &i.to_le_bytes()).expect("write");
+        tx.write(8192 + (i % 64) * 16, &i.to_le_bytes())
+            .expect("write");
         tx.commit(CommitMode::NoFlush).expect("commit");
     }
     rvm.flush().expect("flush");
@@ -147,7 +148,14 @@ fn abort_and_drop_restore_overlapping_ranges() {
         tx.write(990, &[3u8; 30]).expect("w");
         let mut b = [0u8; 10];
         tx.read(1015, &mut b).expect("r");
-        assert_eq!(b, [3u8; 5].iter().chain([1u8; 5].iter()).copied().collect::<Vec<_>>()[..]);
+        assert_eq!(
+            b,
+            [3u8; 5]
+                .iter()
+                .chain([1u8; 5].iter())
+                .copied()
+                .collect::<Vec<_>>()[..]
+        );
         // dropped without commit
     }
     let mut expect = vec![0u8; 300];
@@ -191,8 +199,14 @@ fn log_full_commit_truncates_first_and_loses_nothing() {
     power_cut(&disk, rvm);
     let rvm = Rvm::open_with(disk.files(), &small()).expect("open");
     for slot in 0..4u64 {
-        let last = (0..10u8).filter(|i| *i as u64 % 4 == slot).max().expect("some");
-        assert_eq!(read(&rvm, 4096 + slot * 10_000, 10_000), vec![last + 1; 10_000]);
+        let last = (0..10u8)
+            .filter(|i| *i as u64 % 4 == slot)
+            .max()
+            .expect("some");
+        assert_eq!(
+            read(&rvm, 4096 + slot * 10_000, 10_000),
+            vec![last + 1; 10_000]
+        );
     }
 }
 
@@ -213,8 +227,14 @@ fn log_full_with_background_flusher() {
     power_cut(&disk, rvm);
     let rvm = Rvm::open_with(disk.files(), &opts).expect("open");
     for slot in 0..3u64 {
-        let last = (0..20u8).filter(|i| *i as u64 % 3 == slot).max().expect("some");
-        assert_eq!(read(&rvm, 4096 + slot * 12_000, 12_000), vec![last + 1; 12_000]);
+        let last = (0..20u8)
+            .filter(|i| *i as u64 % 3 == slot)
+            .max()
+            .expect("some");
+        assert_eq!(
+            read(&rvm, 4096 + slot * 12_000, 12_000),
+            vec![last + 1; 12_000]
+        );
     }
 }
 
@@ -286,7 +306,11 @@ fn bad_versions_and_corrupt_headers_are_clear_errors() {
 
     // Segment version.
     let disk = make();
-    disk.poke(SimFileKind::Segment, SEG_OFF_VERSION as u64, &2u32.to_le_bytes());
+    disk.poke(
+        SimFileKind::Segment,
+        SEG_OFF_VERSION as u64,
+        &2u32.to_le_bytes(),
+    );
     match open(&disk) {
         Err(RvmError::BadVersion {
             what: "segment",
@@ -311,7 +335,11 @@ fn bad_versions_and_corrupt_headers_are_clear_errors() {
     assert!(matches!(open(&disk), Err(RvmError::Corrupt { .. })));
     // Log version in either slot.
     let disk = make();
-    disk.poke(SimFileKind::Log, LOG_OFF_VERSION as u64, &9u32.to_le_bytes());
+    disk.poke(
+        SimFileKind::Log,
+        LOG_OFF_VERSION as u64,
+        &9u32.to_le_bytes(),
+    );
     match open(&disk) {
         Err(RvmError::BadVersion {
             what: "log",
