@@ -1187,7 +1187,8 @@ impl Transaction<'_> {
     }
 
     /// Commits: logs the new bytes of every declared range. With
-    /// [`CommitMode::Flush`] they are durable when this returns `Ok`.
+    /// [`CommitMode::Flush`] they, and every commit before them, are durable
+    /// when this returns `Ok` (even when the transaction changed nothing).
     ///
     /// On `Err` before the record is logged (log failed earlier, or the
     /// transaction is bigger than the log) the changes are undone; an `Err`
@@ -1199,7 +1200,13 @@ impl Transaction<'_> {
         };
         let saved = std::mem::take(&mut self.saved);
         if saved.is_empty() {
-            return Ok(());
+            // Nothing to log; but a Flush commit still promises that every
+            // commit before it is durable, as a non-empty one would.
+            drop(mem);
+            return match mode {
+                CommitMode::Flush => self.inner.flush(),
+                CommitMode::NoFlush => Ok(()),
+            };
         }
         self.inner.commit_locked(mem, saved, mode)
     }
