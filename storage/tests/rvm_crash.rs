@@ -222,7 +222,7 @@ fn map_opts() -> RvmOptions {
 }
 
 fn map_workload(seed: u64) -> Vec<(Vec<MapOp>, Option<CommitMode>)> {
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6d61_70);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006d_6170);
     (0..30u8)
         .map(|t| {
             let n = rng.gen_range(1..=4);
