@@ -440,3 +440,40 @@ fn recovery_starts_a_new_epoch_so_records_after_a_torn_one_stay_dead() {
     assert_eq!(read(&rvm, 8192, 4056), vec![3u8; 4056]);
     assert_eq!(read(&rvm, 16_384, 8), [0u8; 8]);
 }
+
+#[test]
+fn rvm_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Rvm>();
+    assert_send_sync::<std::sync::Arc<Rvm>>();
+}
+
+#[test]
+fn log_on_tmpfs_works_with_or_without_o_direct() {
+    // Older tmpfs refuses O_DIRECT (EINVAL) and the log falls back to
+    // O_DSYNC; newer kernels accept it. Either way RVM must work there.
+    let shm = std::path::Path::new("/dev/shm");
+    let Ok(dir) = tempfile::tempdir_in(shm) else {
+        eprintln!("no /dev/shm; skipped");
+        return;
+    };
+    let log =
+        storage::rvm::DiskFile::open_log(&dir.path().join("probe.log"), true).expect("open log");
+    let direct = log.is_direct();
+    drop(log);
+    let opts = RvmOptions {
+        segment_size: 64 << 10,
+        log_size: 32 << 10,
+        ..RvmOptions::default()
+    };
+    let sub = dir.path().join("rvm");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let rvm = Rvm::create(&sub, &opts).expect("create without O_DIRECT");
+    let mut tx = rvm.begin();
+    tx.write(5000, b"shm").expect("w");
+    tx.commit(CommitMode::Flush).expect("commit");
+    drop(rvm);
+    let rvm = Rvm::open(&sub, &opts).expect("open");
+    assert_eq!(read(&rvm, 5000, 3), b"shm");
+    eprintln!("/dev/shm O_DIRECT: {direct}");
+}
