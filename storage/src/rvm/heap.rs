@@ -104,6 +104,9 @@ pub fn alloc(tx: &mut Transaction<'_>, len: u64) -> Result<u64, RvmError> {
     }
     let no_space = RvmError::NoSpace { requested: len };
     let need = len.checked_add(BLOCK_HEADER).ok_or(no_space)?;
+    if need > class_size(CLASSES - 1) {
+        return Err(RvmError::NoSpace { requested: len });
+    }
     let class = need
         .max(class_size(0))
         .next_power_of_two()
@@ -170,14 +173,17 @@ fn check_block(
     class: Option<u32>,
 ) -> Result<u32, RvmError> {
     let top = r.read_u64(HEAP_OFF_TOP)?;
-    if blk < SEG_HEADER_SIZE || blk + BLOCK_HEADER > top {
+    if blk < SEG_HEADER_SIZE || blk.saturating_add(BLOCK_HEADER) > top {
         return Err(r.corrupt(blk, "heap block pointer outside the arena"));
     }
     if r.read_u32(blk + BLK_OFF_MAGIC)? != magic {
         return Err(r.corrupt(blk, "heap block has the wrong magic"));
     }
     let c = r.read_u32(blk + BLK_OFF_CLASS)?;
-    if c >= CLASSES || class.is_some_and(|want| want != c) || blk + class_size(c) > top {
+    if c >= CLASSES
+        || class.is_some_and(|want| want != c)
+        || blk.saturating_add(class_size(c)) > top
+    {
         return Err(r.corrupt(blk, "heap block has a bad size class"));
     }
     Ok(c)
@@ -191,7 +197,7 @@ fn check_ptr(r: &(impl SegmentRead + ?Sized), ptr: u64) -> Result<u32, RvmError>
     }
     let blk = ptr - BLOCK_HEADER;
     let top = r.read_u64(HEAP_OFF_TOP)?;
-    if blk + BLOCK_HEADER > top || r.read_u32(blk + BLK_OFF_MAGIC)? != BLK_ALLOC {
+    if blk.saturating_add(BLOCK_HEADER) > top || r.read_u32(blk + BLK_OFF_MAGIC)? != BLK_ALLOC {
         return Err(RvmError::BadPointer { offset: ptr });
     }
     check_block(r, blk, BLK_ALLOC, None)

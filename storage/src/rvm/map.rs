@@ -177,6 +177,17 @@ impl PMap {
         if !h.nbuckets.is_power_of_two() || h.nbuckets.checked_mul(8).is_none() {
             return Err(r.corrupt(self.hdr, "map bucket count is not a power of two"));
         }
+        // Every entry is a heap block of at least 32 bytes; a larger count
+        // is corruption, and bounding it bounds every chain walk.
+        if h.count > r.segment_len() / 32 {
+            return Err(r.corrupt(self.hdr, "map entry count larger than the segment holds"));
+        }
+        // Bucket offsets are computed from this; prove it is a heap block
+        // big enough before anyone does arithmetic with it.
+        let fits = heap::len_of(r, h.buckets).is_ok_and(|l| l >= h.nbuckets * 8);
+        if !fits {
+            return Err(r.corrupt(self.hdr, "map bucket array is not a heap block of its size"));
+        }
         Ok(h)
     }
 

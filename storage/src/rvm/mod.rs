@@ -414,9 +414,9 @@ impl Rvm {
                 reason: format!("segment size {size} below {}", 2 * SEG_HEADER_SIZE),
             });
         }
-        if log_size < LOG_DATA_START + 2 * BLOCK || log_size > u32::MAX as u64 * 16 {
+        if log_size < LOG_DATA_START + 2 * BLOCK {
             return Err(RvmError::InvalidOptions {
-                reason: format!("log size {log_size} out of range"),
+                reason: format!("log size {log_size} below {}", LOG_DATA_START + 2 * BLOCK),
             });
         }
         let RvmFiles { segment, log } = &files;
@@ -489,6 +489,13 @@ impl Rvm {
         log.read_at(0, block.as_mut_slice())
             .map_err(io_err(&log_path))?;
         let lh = LogHeader::decode_block(block.as_slice(), &log_path)?;
+        if lh.start_seq == 0 {
+            return Err(RvmError::Corrupt {
+                path: log_path,
+                offset: 0,
+                reason: "log header start sequence is 0".to_string(),
+            });
+        }
         if lh.segment_id != sh.id {
             return Err(RvmError::Corrupt {
                 path: log_path,
@@ -883,7 +890,8 @@ impl Inner {
         saved: BTreeMap<u64, Vec<u8>>,
         mode: CommitMode,
     ) -> Result<(), RvmError> {
-        let capacity = self.log_size - LOG_DATA_START;
+        // A record's length field is a u32.
+        let capacity = (self.log_size - LOG_DATA_START).min(u32::MAX as u64 & !7);
         let rec_len = format::record_len(saved.values().map(|v| v.len() as u64));
         if rec_len > capacity {
             mem.restore(&saved);
@@ -1017,6 +1025,9 @@ pub trait SegmentRead {
     /// The segment file's path, for error messages.
     fn segment_path(&self) -> &Path;
 
+    /// The segment size in bytes (bounds walks over persistent structures).
+    fn segment_len(&self) -> u64;
+
     /// A [`RvmError::Corrupt`] about bytes at `offset` of this segment.
     fn corrupt(&self, offset: u64, reason: &str) -> RvmError {
         RvmError::Corrupt {
@@ -1048,6 +1059,9 @@ impl SegmentRead for Rvm {
     fn segment_path(&self) -> &Path {
         self.inner.seg.path()
     }
+    fn segment_len(&self) -> u64 {
+        self.inner.size
+    }
 }
 
 impl SegmentRead for Transaction<'_> {
@@ -1056,6 +1070,9 @@ impl SegmentRead for Transaction<'_> {
     }
     fn segment_path(&self) -> &Path {
         self.inner.seg.path()
+    }
+    fn segment_len(&self) -> u64 {
+        self.inner.size
     }
 }
 
@@ -1066,6 +1083,9 @@ impl<T: SegmentRead + ?Sized> SegmentRead for &T {
     fn segment_path(&self) -> &Path {
         (**self).segment_path()
     }
+    fn segment_len(&self) -> u64 {
+        (**self).segment_len()
+    }
 }
 
 impl<T: SegmentRead + ?Sized> SegmentRead for &mut T {
@@ -1074,6 +1094,9 @@ impl<T: SegmentRead + ?Sized> SegmentRead for &mut T {
     }
     fn segment_path(&self) -> &Path {
         (**self).segment_path()
+    }
+    fn segment_len(&self) -> u64 {
+        (**self).segment_len()
     }
 }
 

@@ -211,7 +211,10 @@ impl RvmFile for SimHandle {
         let st = self.disk.lock();
         let f = &st.files[idx(self.kind)];
         let at = offset as usize;
-        if at + buf.len() > f.current.len() {
+        if at
+            .checked_add(buf.len())
+            .is_none_or(|e| e > f.current.len())
+        {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
         }
         buf.copy_from_slice(&f.current[at..at + buf.len()]);
