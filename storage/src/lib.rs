@@ -4,5 +4,6 @@
 //!
 //! This crate knows nothing of the network, of volumes or of other bricks.
 
+pub mod chunkmeta;
 pub mod objects;
 pub mod rvm;
