@@ -718,6 +718,29 @@ async fn garbage_closes_only_that_connection() {
         raw.recv().await,
         Some((6, Response::Pong(Ping { token: 6 })))
     );
+    // An RDMA data reference cannot be served over TCP: answered, not fatal.
+    let remote = Request::Write(WriteReq {
+        object: oid(1),
+        offset: 0,
+        epoch: 0,
+        flags: 0,
+        crc32c: 0,
+        data: DataRef::Remote {
+            addr: 0x1000,
+            len: 4096,
+            rkey: 7,
+        },
+    });
+    raw.send(8, &remote).await;
+    match raw.recv().await {
+        Some((8, Response::Error(e))) => assert_eq!(e.code, ErrorCode::Unsupported),
+        other => panic!("{other:?}"),
+    }
+    raw.send(9, &Request::Ping(Ping { token: 9 })).await;
+    assert_eq!(
+        raw.recv().await,
+        Some((9, Response::Pong(Ping { token: 9 })))
+    );
 
     stop_tx.send_replace(true);
     assert!(good.await.unwrap() >= 50);
@@ -869,5 +892,20 @@ async fn misused_payloads_are_refused_locally() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::BadCall { .. }), "{err}");
+    // An empty write is a write of nothing, not an error.
+    let write = Request::Write(WriteReq {
+        object: oid(1),
+        offset: 0,
+        epoch: 0,
+        flags: 0,
+        crc32c: 0,
+        data: DataRef::None,
+    });
+    let (r, back) = client
+        .call(write, Payload::Out(IoBuf::alloc(0)))
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Write(WriteReply { written: 0 }));
+    assert!(matches!(back, Payload::Out(b) if b.is_empty()));
     server.stop().await;
 }

@@ -561,7 +561,15 @@ async fn read_replies(
                 })
             }
             Ok(resp) if data_len == 0 => {
-                Ok((resp, pending.sink.take().map_or(Payload::None, Payload::In)))
+                // No data came back: the lent buffer returns empty.
+                let payload = match pending.sink.take() {
+                    Some(mut buf) => {
+                        buf.set_len(0);
+                        Payload::In(buf)
+                    }
+                    None => Payload::None,
+                };
+                Ok((resp, payload))
             }
             Ok(resp) => match pending.sink.take() {
                 Some(mut buf) if buf.capacity() >= data_len as usize => {

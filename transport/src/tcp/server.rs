@@ -269,8 +269,19 @@ impl Connection {
                 return Next::Continue;
             }
         };
+        if let Some(DataRef::Remote { .. }) = req.data_ref() {
+            let reply = Response::error(
+                ErrorCode::Unsupported,
+                "remote (RDMA) data references cannot be served over TCP",
+            );
+            send(tx, id, &reply, None).await;
+            return Next::Continue;
+        }
         let mut payload = ServerPayload::none(self.peer.clone(), self.id);
-        if data_len > 0 {
+        if let (Request::Write(_), 0) = (&req, data_len) {
+            // An empty write still has (empty) data to take.
+            payload = ServerPayload::inline(IoBuf::alloc(0), self.peer.clone(), self.id);
+        } else if data_len > 0 {
             let mut buf = self.data_buffer(data_len);
             if let Err(e) = read_data(rd, dec, &mut buf, data_len).await {
                 tracing::info!(peer = %self.peer, error = %e, "closing connection: reading request data failed");
