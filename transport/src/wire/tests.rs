@@ -514,9 +514,23 @@ proptest! {
     }
 
     #[test]
-    fn arbitrary_bodies_never_panic(opcode in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..200), data_len in any::<u32>()) {
-        let _ = Request::decode(opcode, &body, data_len);
-        let _ = Response::decode(opcode, &body, data_len);
+    fn arbitrary_bodies_never_panic_and_decode_canonically(
+        opcode in any::<u8>(),
+        body in proptest::collection::vec(any::<u8>(), 0..200),
+        data_len in prop_oneof![Just(0u32), any::<u32>()],
+    ) {
+        // Whatever decodes re-encodes to the very same bytes: every byte of
+        // a body is either a field or a checked reserved zero.
+        if let Ok(req) = Request::decode(opcode, &body, data_len) {
+            let mut out = Vec::new();
+            req.encode_body(&mut out);
+            prop_assert_eq!(out, body.clone());
+        }
+        if let Ok(resp) = Response::decode(opcode, &body, data_len) {
+            let mut out = Vec::new();
+            resp.encode_body(&mut out);
+            prop_assert_eq!(out, body);
+        }
     }
 
     #[test]
