@@ -234,6 +234,10 @@ pub(crate) fn check_payload(req: &Request, payload: &Payload) -> Result<(), Tran
     let op = req.opcode();
     let bad = |reason: String| TransportError::BadCall { opcode: op, reason };
     match (payload, op) {
+        (Payload::None, Opcode::Read) => match req {
+            Request::Read(r) if r.len > 0 => Err(bad("a Read needs an In buffer".into())),
+            _ => Ok(()),
+        },
         (Payload::None, _) => Ok(()),
         (Payload::Out(b), Opcode::Write) => {
             if b.len() > crate::wire::MAX_DATA as usize {

@@ -892,6 +892,23 @@ async fn misused_payloads_are_refused_locally() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::BadCall { .. }), "{err}");
+    // A read with nowhere to put the answer, and a message over the frame
+    // limit, are refused before anything is sent.
+    let read = Request::Read(ReadReq {
+        object: oid(1),
+        offset: 0,
+        len: 10,
+        data: DataRef::None,
+    });
+    let err = client.call(read, Payload::None).await.unwrap_err();
+    assert!(matches!(err, TransportError::BadCall { .. }), "{err}");
+    let huge = Request::PutVolConfig(PutVolConfig {
+        volume: 1,
+        generation: 1,
+        config: vec![0; MAX_BODY as usize],
+    });
+    let err = client.call(huge, Payload::None).await.unwrap_err();
+    assert!(matches!(err, TransportError::BadCall { .. }), "{err}");
     // An empty write is a write of nothing, not an error.
     let write = Request::Write(WriteReq {
         object: oid(1),

@@ -5,7 +5,9 @@ use super::{read_data, read_frame, skip_data, write_loop, Outgoing, ReadFail};
 use crate::auth::{ClientHandshake, ClientStep, Nonce, Secret};
 use crate::channel::{check_payload, BoxFuture, Channel, ConnState, Payload};
 use crate::error::TransportError;
-use crate::wire::{encode_request, DataRef, FrameDecoder, Limits, Opcode, Request, Response};
+use crate::wire::{
+    encode_request, DataRef, FrameDecoder, Limits, Opcode, Request, Response, HEADER_LEN, MAX_BODY,
+};
 use iobuf::IoBuf;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,8 +281,18 @@ impl TcpClient {
             }
             None => (None, None),
         };
+        let head = encode_request(id, &req);
+        if head.len() - HEADER_LEN > MAX_BODY as usize {
+            return Err(TransportError::BadCall {
+                opcode,
+                reason: format!(
+                    "message of {} bytes is over the limit of {MAX_BODY}",
+                    head.len() - HEADER_LEN
+                ),
+            });
+        }
         let out = Outgoing {
-            head: encode_request(id, &req),
+            head,
             data,
             back: back_tx,
         };

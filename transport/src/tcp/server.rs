@@ -7,6 +7,7 @@ use crate::channel::{Handler, ServerPayload};
 use crate::wire::{
     encode_response, BodyError, DataRef, ErrorCode, Frame, FrameDecoder, Limits, Request, Response,
 };
+use crate::wire::{HEADER_LEN, MAX_BODY};
 use iobuf::{BufPool, IoBuf};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -338,8 +339,18 @@ impl Connection {
 }
 
 async fn send(tx: &mpsc::Sender<Outgoing>, id: u64, resp: &Response, data: Option<IoBuf>) {
+    let mut head = encode_response(id, resp);
+    let mut data = data;
+    if head.len() - HEADER_LEN > MAX_BODY as usize {
+        // The client would close the connection on an oversized frame;
+        // tell it what went wrong instead.
+        tracing::warn!(request = id, opcode = ?resp.opcode(), len = head.len(), "reply body over the limit");
+        let err = Response::error(ErrorCode::TooLarge, "reply body over the frame limit");
+        head = encode_response(id, &err);
+        data = None;
+    }
     let out = Outgoing {
-        head: encode_response(id, resp),
+        head,
         data,
         back: None,
     };

@@ -1104,7 +1104,11 @@ impl Response {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
                 // length field.
-                let msg = &e.message.as_bytes()[..e.message.len().min(MAX_ERROR_MESSAGE)];
+                let mut cut = e.message.len().min(MAX_ERROR_MESSAGE);
+                while !e.message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let msg = &e.message.as_bytes()[..cut];
                 let mut b = [0u8; ER_FIXED];
                 put_u16(&mut b, ER_CODE, e.code.code());
                 put_u16(&mut b, ER_LEN, msg.len() as u16);

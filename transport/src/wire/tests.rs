@@ -292,6 +292,23 @@ fn malformed_bodies_are_body_errors() {
     ));
 }
 
+#[test]
+fn long_error_messages_are_cut_at_a_character_boundary() {
+    let long = "é".repeat(MAX_ERROR_MESSAGE); // 2 bytes each
+    let e = ErrorReply::new(ErrorCode::Io, long.clone());
+    assert!(e.message.len() <= MAX_ERROR_MESSAGE);
+    // Built by hand past the limit: still encodes to valid UTF-8.
+    let raw = Response::Error(ErrorReply {
+        code: ErrorCode::Io,
+        message: format!("x{long}"),
+    });
+    let f = decode_one(&encode_response(1, &raw)).unwrap().unwrap();
+    let Ok(Response::Error(got)) = f.response() else {
+        panic!("not an error reply")
+    };
+    assert!(got.message.len() <= MAX_ERROR_MESSAGE && got.message.starts_with("xé"));
+}
+
 // Offsets inside the write body used by the test above.
 const WR_FLAGS_AT: usize = 40;
 const WR_DATA_AT: usize = 48;
