@@ -28,7 +28,15 @@ struct MemStore {
     /// Signalled when a `Ping` with token `slow` starts; it then sleeps.
     slow_started: Notify,
     slow: u64,
+    /// A `Ping` with token `GATE_WAIT` waits until one with `GATE_OPEN` has
+    /// been handled: proof that one connection's requests run concurrently.
+    gate: Notify,
+    /// Signalled when the `GATE_WAIT` ping starts waiting.
+    gate_waiting: Notify,
 }
+
+const GATE_WAIT: u64 = 0x6a7e_0001;
+const GATE_OPEN: u64 = 0x6a7e_0002;
 
 impl Handler for MemStore {
     fn handle<'a>(
@@ -53,6 +61,15 @@ impl Handler for MemStore {
                 Request::Ping(p) if p.token == self.slow && p.token != 0 => {
                     self.slow_started.notify_one();
                     tokio::time::sleep(Duration::from_millis(200)).await;
+                    Response::Pong(p)
+                }
+                Request::Ping(p) if p.token == GATE_WAIT => {
+                    self.gate_waiting.notify_one();
+                    self.gate.notified().await;
+                    Response::Pong(p)
+                }
+                Request::Ping(p) if p.token == GATE_OPEN => {
+                    self.gate.notify_one();
                     Response::Pong(p)
                 }
                 Request::Ping(p) => Response::Pong(p),
@@ -924,5 +941,35 @@ async fn misused_payloads_are_refused_locally() {
         .unwrap();
     assert_eq!(r, Response::Write(WriteReply { written: 0 }));
     assert!(matches!(back, Payload::Out(b) if b.is_empty()));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_serves_requests_concurrently_and_out_of_order() {
+    let k = secret(9);
+    let store = Arc::new(MemStore::default());
+    let server = TestServer::start("127.0.0.1:0", &k, store.clone()).await;
+    let client = Arc::new(
+        TcpClient::connect(&server.addr.to_string(), k, opts())
+            .await
+            .unwrap(),
+    );
+    // The first call is held in its handler until the second is handled,
+    // so a server that served one connection's requests one at a time
+    // would never answer the second (it would time out), and the replies
+    // necessarily leave in the opposite order of the requests.
+    let c = client.clone();
+    let first = tokio::spawn(async move {
+        c.call(Request::Ping(Ping { token: GATE_WAIT }), Payload::None)
+            .await
+    });
+    store.gate_waiting.notified().await;
+    let (r, _) = client
+        .call(Request::Ping(Ping { token: GATE_OPEN }), Payload::None)
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Pong(Ping { token: GATE_OPEN }));
+    let (r, _) = first.await.unwrap().unwrap();
+    assert_eq!(r, Response::Pong(Ping { token: GATE_WAIT }));
     server.stop().await;
 }
