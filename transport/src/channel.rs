@@ -72,6 +72,10 @@ pub trait Channel: Send + Sync {
 
     /// A receiver that sees every state change.
     fn watch_state(&self) -> watch::Receiver<ConnState>;
+
+    /// Closes gracefully: new calls fail, calls in flight finish, then the
+    /// connection goes away (state `Down`).
+    fn close(&self) -> BoxFuture<'_, ()>;
 }
 
 /// Serves requests on the server side of a connection.

@@ -926,6 +926,14 @@ async fn misused_payloads_are_refused_locally() {
     });
     let err = client.call(huge, Payload::None).await.unwrap_err();
     assert!(matches!(err, TransportError::BadCall { .. }), "{err}");
+    // The same client behind the backend-neutral trait.
+    let ch: &dyn Channel = &client;
+    let (r, _) = ch
+        .call(Request::Ping(Ping { token: 77 }), Payload::None)
+        .await
+        .unwrap();
+    assert_eq!(r, Response::Pong(Ping { token: 77 }));
+    assert_eq!(ch.state(), ConnState::Up);
     // An empty write is a write of nothing, not an error.
     let write = Request::Write(WriteReq {
         object: oid(1),
@@ -941,6 +949,13 @@ async fn misused_payloads_are_refused_locally() {
         .unwrap();
     assert_eq!(r, Response::Write(WriteReply { written: 0 }));
     assert!(matches!(back, Payload::Out(b) if b.is_empty()));
+    ch.close().await;
+    assert_eq!(ch.state(), ConnState::Down);
+    let err = ch
+        .call(Request::Ping(Ping { token: 78 }), Payload::None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Closed { .. }), "{err}");
     server.stop().await;
 }
 

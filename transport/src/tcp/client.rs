@@ -122,7 +122,6 @@ struct Shared {
     conn: Mutex<Option<Arc<Conn>>>,
     next_id: AtomicU64,
     closing: AtomicBool,
-    close: Notify,
 }
 
 impl Shared {
@@ -176,7 +175,6 @@ impl TcpClient {
             conn: Mutex::new(None),
             next_id: AtomicU64::new(1),
             closing: AtomicBool::new(false),
-            close: Notify::new(),
         });
         let conn = connect_once(&shared).await?;
         shared.set_conn(Some(conn.clone()));
@@ -344,7 +342,6 @@ impl TcpClient {
             conn.abort_tasks();
         }
         sh.state.send_replace(ConnState::Down);
-        sh.close.notify_waiters();
     }
 }
 
@@ -374,6 +371,10 @@ impl Channel for TcpClient {
 
     fn watch_state(&self) -> watch::Receiver<ConnState> {
         TcpClient::watch_state(self)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(TcpClient::close(self))
     }
 }
 
