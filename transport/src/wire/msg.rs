@@ -495,6 +495,11 @@ const PV_FIXED: usize = 24;
 ///  |uptime |requests| errors | reads | writes |read_bytes |written_bytes|capacity   |free     |
 ///  | secs  |        |        |       |        |           |             |  _bytes   | _bytes  |
 ///  +-------+--------+--------+-------+--------+-----------+-------------+-----------+---------+
+///  72                                                                              72 + 8 * 24
+///  +--------------------------------------------------------------------------------+
+///  | latency[0..LATENCY_BUCKETS]: requests whose handling took [2^(i-1), 2^i) µs      |
+///  | (bucket 0: under 1 µs; the last bucket: everything longer)                      |
+///  +--------------------------------------------------------------------------------+
 /// ```
 /// All fields u64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -508,13 +513,19 @@ pub struct BrickStats {
     pub written_bytes: u64,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
+    /// Request latency histogram, power-of-two buckets in microseconds.
+    pub latency: [u64; LATENCY_BUCKETS],
 }
-const BS_FIELDS: usize = 9;
+/// Buckets of the brick's latency histogram (the last one is 2^22 µs ≈ 4 s
+/// and longer).
+pub const LATENCY_BUCKETS: usize = 24;
+const BS_COUNTERS: usize = 9;
+const BS_FIELDS: usize = BS_COUNTERS + LATENCY_BUCKETS;
 const BS_LEN: usize = BS_FIELDS * 8;
 
 impl BrickStats {
     fn fields(&self) -> [u64; BS_FIELDS] {
-        [
+        let counters = [
             self.uptime_secs,
             self.requests,
             self.errors,
@@ -524,10 +535,17 @@ impl BrickStats {
             self.written_bytes,
             self.capacity_bytes,
             self.free_bytes,
-        ]
+        ];
+        std::array::from_fn(|i| {
+            if i < BS_COUNTERS {
+                counters[i]
+            } else {
+                self.latency[i - BS_COUNTERS]
+            }
+        })
     }
 
-    fn from_fields(f: [u64; BS_FIELDS]) -> BrickStats {
+    pub(crate) fn from_fields(f: [u64; BS_FIELDS]) -> BrickStats {
         BrickStats {
             uptime_secs: f[0],
             requests: f[1],
@@ -538,6 +556,7 @@ impl BrickStats {
             written_bytes: f[6],
             capacity_bytes: f[7],
             free_bytes: f[8],
+            latency: std::array::from_fn(|i| f[BS_COUNTERS + i]),
         }
     }
 }

@@ -435,7 +435,8 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), config())
             .prop_map(|(generation, config)| Response::VolConfig(VolConfig { generation, config })),
         any::<u64>().prop_map(|generation| Response::VolConfigStored { generation }),
-        any::<[u64; 9]>().prop_map(|f| Response::BrickStats(BrickStats::from_test_fields(f))),
+        proptest::collection::vec(any::<u64>(), 9 + LATENCY_BUCKETS)
+            .prop_map(|f| Response::BrickStats(BrickStats::from_test_fields(f))),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
@@ -444,18 +445,10 @@ fn response() -> impl Strategy<Value = Response> {
 }
 
 impl BrickStats {
-    fn from_test_fields(f: [u64; 9]) -> BrickStats {
-        BrickStats {
-            uptime_secs: f[0],
-            requests: f[1],
-            errors: f[2],
-            reads: f[3],
-            writes: f[4],
-            read_bytes: f[5],
-            written_bytes: f[6],
-            capacity_bytes: f[7],
-            free_bytes: f[8],
-        }
+    fn from_test_fields(f: Vec<u64>) -> BrickStats {
+        let mut a = [0u64; 9 + LATENCY_BUCKETS];
+        a.copy_from_slice(&f);
+        BrickStats::from_fields(a)
     }
 }
 
