@@ -1,0 +1,481 @@
+//! `stretto brick serve`: the request handler over one brick's storage.
+//!
+//! Each request is checked for meaning here (the wire decoder checked its
+//! syntax), then turned into object-store or RVM calls. A request that is
+//! wrong gets an error reply and touches nothing. Write data arrive in a
+//! buffer of the store's own registered pool (the transport reads the socket
+//! straight into it) and that same buffer goes to io_uring.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use iobuf::IoBuf;
+use storage::chunkmeta::RvmChunkMeta;
+use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
+use storage::rvm::{map::PMap, CommitMode, Rvm};
+use transport::wire::{
+    BrickStats, DataRef, ErrorCode, ErrorReply, GetVolConfig, ObjectId, PutVolConfig, ReadReply,
+    StatReply, VolConfig, WriteReply, FLAG_FUA,
+};
+use transport::{
+    BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
+    TcpClient,
+};
+
+use crate::layout::{self, BrickDir, BrickInfo};
+use crate::stats::{Counters, StatsReport};
+use crate::BrickError;
+
+/// RVM root slot of the volume-configuration map (volume id → generation +
+/// opaque volfile bytes).
+pub const VOLCONFIG_ROOT: u32 = 2;
+
+/// Largest single read or write a request may ask for (the transport's data
+/// limit).
+pub const MAX_IO: u32 = transport::wire::MAX_DATA;
+
+/// One opened brick: its metadata, object store and counters.
+pub struct Brick {
+    info: BrickInfo,
+    dir: BrickDir,
+    rvm: Arc<Rvm>,
+    store: ObjectStore,
+    volconfig: PMap,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Brick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Brick")
+            .field("id", &self.info.id)
+            .field("dir", &self.dir.root())
+            .finish()
+    }
+}
+
+fn chunk_of(o: &ObjectId) -> ChunkId {
+    ChunkId::new(
+        Fid {
+            volume: o.volume,
+            vnode: o.vnode,
+            unique: o.unique,
+        },
+        o.chunk,
+    )
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error(ErrorReply {
+        code,
+        message: message.into(),
+    })
+}
+
+fn store_err(e: &StoreError) -> Response {
+    let code = match e {
+        StoreError::NoSpace { .. } => ErrorCode::NoSpace,
+        StoreError::Invalid { .. } => ErrorCode::Invalid,
+        _ => ErrorCode::Io,
+    };
+    err(code, e.to_string())
+}
+
+impl Brick {
+    /// Opens the brick in `dir`: checks its layout, recovers its RVM (replays
+    /// the log after a crash) and starts the object store.
+    pub fn open(dir: &Path) -> Result<Brick, BrickError> {
+        let bdir = BrickDir::new(dir);
+        let info = layout::read_info(&bdir)?;
+        let rvm_dir = bdir.rvm();
+        let rvm =
+            Rvm::open(&rvm_dir, &layout::rvm_options()).map_err(|source| BrickError::Rvm {
+                path: rvm_dir.clone(),
+                source,
+            })?;
+        let rvm = Arc::new(rvm);
+        let rvm_err = |source| BrickError::Rvm {
+            path: rvm_dir.clone(),
+            source,
+        };
+        let meta = Arc::new(RvmChunkMeta::open(rvm.clone()).map_err(rvm_err)?);
+        let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
+        let store = ObjectStore::open(dir, meta, StoreOptions::default()).map_err(|source| {
+            BrickError::Store {
+                path: dir.to_path_buf(),
+                source,
+            }
+        })?;
+        Ok(Brick {
+            info,
+            dir: bdir,
+            rvm,
+            store,
+            volconfig,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The brick's identity.
+    pub fn info(&self) -> &BrickInfo {
+        &self.info
+    }
+
+    /// The object store (for in-process use, e.g. benchmarks).
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Makes everything acknowledged durable, then applies the RVM log to
+    /// its segment (a clean stop leaves an empty log).
+    pub fn shutdown(&self) -> Result<(), BrickError> {
+        let rvm_err = |source| BrickError::Rvm {
+            path: self.dir.rvm(),
+            source,
+        };
+        self.store
+            .flush()
+            .wait()
+            .map_err(|source| BrickError::Store {
+                path: self.dir.root().to_path_buf(),
+                source,
+            })?;
+        self.rvm.flush().map_err(rvm_err)?;
+        self.rvm.truncate().map_err(rvm_err)
+    }
+
+    fn take_buf(&self, len: usize) -> IoBuf {
+        let pool = self.store.pool();
+        let mut buf = if len <= pool.buf_size() {
+            pool.try_take().unwrap_or_else(|| IoBuf::alloc(len))
+        } else {
+            IoBuf::alloc(len)
+        };
+        buf.set_len(len);
+        buf
+    }
+
+    async fn read(&self, r: transport::wire::ReadReq, payload: &mut ServerPayload) -> Response {
+        if r.len > MAX_IO {
+            return err(ErrorCode::TooLarge, format!("read of {} bytes", r.len));
+        }
+        if r.len > payload.sink_capacity() {
+            return err(
+                ErrorCode::Invalid,
+                format!(
+                    "read of {} bytes into a buffer of {}",
+                    r.len,
+                    payload.sink_capacity()
+                ),
+            );
+        }
+        let buf = self.take_buf(r.len as usize);
+        let (res, buf) = self.store.read(chunk_of(&r.object), r.offset, buf).await;
+        if let Err(e) = res {
+            return store_err(&e);
+        }
+        let len = buf.len() as u32;
+        if let Err(e) = payload.push_from(buf).await {
+            return err(ErrorCode::Internal, e.to_string());
+        }
+        self.counters.reads.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .read_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        // The transport fills in where the data went; the checksum of the
+        // data is the volume layer's (0: not computed here).
+        Response::Read(ReadReply {
+            data: DataRef::None,
+            crc32c: 0,
+        })
+    }
+
+    async fn write(&self, w: transport::wire::WriteReq, payload: &mut ServerPayload) -> Response {
+        let buf = match payload.data().await {
+            Ok(buf) => buf,
+            Err(e) => return err(ErrorCode::Invalid, e.to_string()),
+        };
+        let len = buf.len() as u32;
+        let (res, _buf) = self.store.write(chunk_of(&w.object), w.offset, buf).await;
+        if let Err(e) = res {
+            return store_err(&e);
+        }
+        if w.flags & FLAG_FUA != 0 {
+            if let Err(e) = self.store.flush().await {
+                return store_err(&e);
+            }
+        }
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .written_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
+        Response::Write(WriteReply { written: len })
+    }
+
+    fn stat(&self, object: &ObjectId) -> Response {
+        let chunk = chunk_of(object);
+        match self.store.stat(chunk) {
+            Err(e) => store_err(&e),
+            Ok(None) => err(ErrorCode::NotFound, format!("no object {chunk}")),
+            Ok(Some(meta)) => {
+                use std::os::unix::fs::MetadataExt;
+                let allocated = std::fs::metadata(self.store.chunk_path(chunk))
+                    .map(|m| m.blocks() * 512)
+                    .unwrap_or(0);
+                Response::Stat(StatReply {
+                    size: meta.size,
+                    allocated,
+                    version: meta.version,
+                })
+            }
+        }
+    }
+
+    fn get_volconfig(&self, g: &GetVolConfig) -> Response {
+        match self.volconfig.get(&*self.rvm, &g.volume.to_le_bytes()) {
+            Err(e) => err(ErrorCode::Io, e.to_string()),
+            Ok(None) => err(
+                ErrorCode::NotFound,
+                format!("no configuration for volume {}", g.volume),
+            ),
+            Ok(Some(rec)) if rec.len() >= 8 => {
+                let mut gen = [0u8; 8];
+                gen.copy_from_slice(&rec[..8]);
+                Response::VolConfig(VolConfig {
+                    generation: u64::from_le_bytes(gen),
+                    config: rec[8..].to_vec(),
+                })
+            }
+            Ok(Some(_)) => err(ErrorCode::Internal, "volume configuration record is short"),
+        }
+    }
+
+    fn put_volconfig(&self, p: PutVolConfig) -> Response {
+        let key = p.volume.to_le_bytes();
+        // Generations only move forward: a stale writer cannot undo a newer
+        // configuration.
+        if let Ok(Some(rec)) = self.volconfig.get(&*self.rvm, &key) {
+            if rec.len() >= 8 {
+                let mut gen = [0u8; 8];
+                gen.copy_from_slice(&rec[..8]);
+                let stored = u64::from_le_bytes(gen);
+                if p.generation <= stored {
+                    return err(
+                        ErrorCode::StaleEpoch,
+                        format!(
+                            "volume {} is at generation {stored}, not below {}",
+                            p.volume, p.generation
+                        ),
+                    );
+                }
+            }
+        }
+        let mut rec = Vec::with_capacity(8 + p.config.len());
+        rec.extend_from_slice(&p.generation.to_le_bytes());
+        rec.extend_from_slice(&p.config);
+        let mut tx = self.rvm.begin();
+        if let Err(e) = self.volconfig.insert(&mut tx, &key, &rec) {
+            return err(ErrorCode::Io, e.to_string());
+        }
+        match tx.commit(CommitMode::Flush) {
+            Ok(()) => Response::VolConfigStored {
+                generation: p.generation,
+            },
+            Err(e) => err(ErrorCode::Io, e.to_string()),
+        }
+    }
+
+    fn brick_stats(&self) -> Response {
+        let c = &self.counters;
+        let (capacity, free) = disk_space(self.dir.root());
+        Response::BrickStats(BrickStats {
+            uptime_secs: c.uptime().as_secs(),
+            requests: c.requests.load(Ordering::Relaxed),
+            errors: c.errors.load(Ordering::Relaxed),
+            reads: c.reads.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            read_bytes: c.read_bytes.load(Ordering::Relaxed),
+            written_bytes: c.written_bytes.load(Ordering::Relaxed),
+            capacity_bytes: capacity,
+            free_bytes: free,
+            latency: c.latency(),
+        })
+    }
+
+    async fn dispatch(&self, req: Request, payload: &mut ServerPayload) -> Response {
+        match req {
+            Request::Ping(p) => Response::Pong(p),
+            Request::Read(r) => self.read(r, payload).await,
+            Request::Write(w) => self.write(w, payload).await,
+            Request::Punch(r) => match self.store.punch(chunk_of(&r.object), r.offset, r.len).await
+            {
+                Ok(()) => Response::Punch,
+                Err(e) => store_err(&e),
+            },
+            Request::Zero(r) => match self.store.zero(chunk_of(&r.object), r.offset, r.len).await {
+                Ok(()) => Response::Zero,
+                Err(e) => store_err(&e),
+            },
+            Request::Flush(_) => {
+                self.counters.flushes.fetch_add(1, Ordering::Relaxed);
+                match self.store.flush().await {
+                    Ok(()) => Response::Flush,
+                    Err(e) => store_err(&e),
+                }
+            }
+            Request::Stat(o) => self.stat(&o.object),
+            Request::Remove(r) => match self.store.remove(chunk_of(&r.object)).await {
+                Ok(()) => Response::Remove,
+                Err(e) => store_err(&e),
+            },
+            Request::GetVolConfig(g) => self.get_volconfig(&g),
+            Request::PutVolConfig(p) => self.put_volconfig(p),
+            Request::BrickStats => self.brick_stats(),
+            Request::Hello(_) | Request::Auth(_) => {
+                err(ErrorCode::Invalid, "already authenticated")
+            }
+        }
+    }
+}
+
+// The statvfs field types differ between platforms; the casts are needed on some.
+#[allow(clippy::unnecessary_cast)]
+fn disk_space(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable
+    // memory of the right type for statvfs to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    let frsize = st.f_frsize as u64;
+    (st.f_blocks as u64 * frsize, st.f_bavail as u64 * frsize)
+}
+
+impl Handler for Brick {
+    fn handle<'a>(
+        &'a self,
+        req: Request,
+        payload: &'a mut ServerPayload,
+    ) -> BoxFuture<'a, Response> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let resp = self.dispatch(req, payload).await;
+            self.counters
+                .record(started.elapsed(), matches!(resp, Response::Error(_)));
+            resp
+        })
+    }
+}
+
+/// Serves the brick in `dir` on `addr` until SIGTERM or SIGINT, then stops
+/// accepting, finishes requests in flight, flushes and exits.
+pub async fn serve_until_signal(dir: &Path, addr: SocketAddr) -> Result<(), BrickError> {
+    let brick = Arc::new(Brick::open(dir)?);
+    let secret_path = BrickDir::new(dir).secret();
+    let secret = Secret::load(&secret_path).map_err(|source| BrickError::Secret {
+        path: secret_path.clone(),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BrickError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| BrickError::Listen { addr, source })?;
+    tracing::info!(
+        brick = %brick.info().id,
+        dir = %dir.display(),
+        listen = %local,
+        direct_io = brick.store().direct_io(),
+        "brick serving (transport tcp)"
+    );
+    // Ready line on stdout for scripts and tests that start bricks.
+    println!("listening on {local}");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: finishing requests in flight");
+        let _ = stop_tx.send(true);
+    });
+    let opts = ServerOptions {
+        pool: Some(brick.store().pool().clone()),
+        ..ServerOptions::default()
+    };
+    let handler: Arc<dyn Handler> = brick.clone();
+    transport::serve_with(listener, secret, handler, stop_rx, opts)
+        .await
+        .map_err(|source| BrickError::Listen { addr, source })?;
+    brick.shutdown()?;
+    tracing::info!("brick stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the daemon can only be killed; keep serving.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Connects to the brick at `addr` with the pool secret in `secret_file`.
+pub async fn connect(addr: SocketAddr, secret_file: &Path) -> Result<TcpClient, BrickError> {
+    let secret = Secret::load(secret_file).map_err(|source| BrickError::Secret {
+        path: secret_file.to_path_buf(),
+        source,
+    })?;
+    TcpClient::connect(&addr.to_string(), secret, ClientOptions::default())
+        .await
+        .map_err(|source| BrickError::Transport {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// `stretto brick stats HOST:PORT`: the brick's counters.
+pub async fn fetch_stats(addr: SocketAddr, secret_file: &Path) -> Result<StatsReport, BrickError> {
+    let client = connect(addr, secret_file).await?;
+    let (resp, _) = client
+        .call(Request::BrickStats, transport::Payload::None)
+        .await
+        .map_err(|source| BrickError::Transport {
+            addr: addr.to_string(),
+            source,
+        })?;
+    client.close().await;
+    match resp {
+        Response::BrickStats(stats) => Ok(StatsReport {
+            addr: addr.to_string(),
+            stats,
+        }),
+        Response::Error(e) => Err(BrickError::Refused {
+            addr: addr.to_string(),
+            message: e.message,
+        }),
+        other => Err(BrickError::Refused {
+            addr: addr.to_string(),
+            message: format!("unexpected reply {other:?}"),
+        }),
+    }
+}
