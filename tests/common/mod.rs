@@ -1,0 +1,114 @@
+//! Helpers for end-to-end tests that run the real `stretto` binary on
+//! loopback. Every process a test starts is stopped by its PID when the
+//! handle drops.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The `stretto` binary under test.
+pub fn stretto() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stretto"))
+}
+
+/// Runs `stretto ARGS...` to completion.
+pub fn run(args: &[&str]) -> Output {
+    stretto()
+        .args(args)
+        .env("STRETTO_LOG", "warn")
+        .output()
+        .expect("run stretto")
+}
+
+/// A brick directory and the pool secret it was made with.
+pub struct BrickFixture {
+    pub root: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub secret: PathBuf,
+}
+
+/// `stretto brick init` in a new temporary directory.
+pub fn init_brick() -> BrickFixture {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("brick");
+    let secret = root.path().join("pool.secret");
+    let out = run(&[
+        "brick",
+        "init",
+        dir.to_str().unwrap(),
+        "--secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "brick init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    BrickFixture { root, dir, secret }
+}
+
+/// A running `stretto brick serve`.
+pub struct BrickProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BrickProcess {
+    /// Starts serving `dir` on `listen` (e.g. `127.0.0.1:0`) and waits for its
+    /// ready line.
+    pub fn start(dir: &Path, listen: &str) -> BrickProcess {
+        let mut child = stretto()
+            .args(["brick", "serve"])
+            .arg(dir)
+            .args(["--listen", listen])
+            .env("STRETTO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn brick serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("brick did not start: {line:?}"))
+            .parse()
+            .unwrap();
+        BrickProcess { child, addr }
+    }
+
+    /// Sends `sig` to the brick.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// SIGKILLs the brick and reaps it.
+    pub fn kill9(mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the brick and returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for BrickProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `signal`.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
