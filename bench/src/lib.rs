@@ -1,1 +1,12 @@
-//! Benchmarks that compare Stretto with peers in the same run. (Being built.)
+//! Benchmarks that compare Stretto with a peer in the same run and print
+//! ratios. They measure; they assert nothing (tests assert behaviour).
+//!
+//! Each benchmark module prints a small markdown table: Stretto's figure, the
+//! peer's figure measured moments before on the same file system, and
+//! Stretto/peer.
+
+pub mod brick_tcp;
+pub mod fio;
+pub mod objects;
+pub mod rvm;
+pub mod stats;
