@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs every Stretto test on a fresh Debian 12 machine with a Rust toolchain.
+# Installs what the tests need first (apt packages, cargo components), then runs
+# formatting and lint checks and the whole workspace's tests. `.ci/run` calls this.
+#
+#   scripts/test.sh            # everything
+#   SKIP_INSTALL=1 scripts/test.sh   # skip the install step
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use (real clients and tools, never mocks).
+APT_PACKAGES=(
+    e2fsprogs   # mkfs/e2fsck for file-system checks
+    fio         # object-store and NBD comparisons in bench/
+    iproute2    # network namespaces for partition tests
+    procps      # pkill/pgrep-free process checks (ps)
+)
+
+log() { printf '\n=== %s\n' "$*"; }
+
+install_deps() {
+    local missing=()
+    for p in "${APT_PACKAGES[@]}"; do
+        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        log "installing apt packages: ${missing[*]}"
+        if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    for comp in rustfmt clippy; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
+            log "installing rust component $comp"
+            rustup component add "$comp"
+        fi
+    done
+}
+
+[ "${SKIP_INSTALL:-0}" = 1 ] || install_deps
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo build --release (the stretto binary used by end-to-end tests)"
+cargo build --release --locked --bin stretto
+
+log "cargo test (whole workspace)"
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# Summarise: one closing line over every test binary.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
