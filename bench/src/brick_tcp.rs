@@ -127,7 +127,11 @@ async fn in_process(b: Arc<brick::Brick>, kind: Kind, qd: usize, secs: f64) -> R
                         let _ = b.handle(Request::Ping(Ping { token: i }), &mut p).await;
                     }
                     Kind::Read(len) => {
-                        let mut buf = b.store().pool().take();
+                        let mut buf = if len as usize <= b.store().pool().buf_size() {
+                            b.store().pool().take()
+                        } else {
+                            IoBuf::alloc(len as usize)
+                        };
                         buf.set_len(len as usize);
                         let off = (i * len as u64) % SPAN;
                         let (r, _) = b.store().read(chunk(), off, buf).await;
