@@ -1,0 +1,1 @@
+//! Volume management across a pool's bricks. (Being built.)
