@@ -285,3 +285,54 @@ fn a_dead_volume_brick_blocks_changes_and_nothing_moves() {
         "{status}"
     );
 }
+
+/// A change that was committed on one brick only (as if the command died
+/// part way through its commit) wins: reads see it, and the next change
+/// first copies it to the other bricks.
+#[test]
+fn an_interrupted_commit_is_rolled_forward() {
+    let pool = Pool::start(3);
+    let b: Vec<String> = (0..3).map(|i| pool.addr(i)).collect();
+    ok(&pool.volume(0, &["create", "r", "replica", "3", &b[0], &b[1], &b[2]]));
+    let secret = Secret::load(&pool.secret).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut spec = rt
+        .block_on(volume::manage::fetch(&b[..1], &secret, "r"))
+        .unwrap();
+    spec.state = volume::VolumeState::Started;
+    spec.generation = 2;
+    let bytes = volume::volfile::encode_spec(&spec).unwrap();
+    rt.block_on(async {
+        let c = transport::TcpClient::connect(&b[0], secret.clone(), Default::default())
+            .await
+            .unwrap();
+        let (resp, _) = c
+            .call(
+                transport::Request::PutVolConfig(transport::wire::PutVolConfig {
+                    volume: spec.id,
+                    generation: 2,
+                    config: bytes,
+                }),
+                transport::Payload::None,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            resp,
+            transport::Response::VolConfigStored { generation: 2 }
+        ));
+    });
+    assert_eq!(generations(&pool, &b, 1), vec![Some(2), Some(1), Some(1)]);
+    // Newest generation wins for readers, through any brick.
+    assert!(ok(&pool.volume(2, &["info", "r"])).contains("Status: Started\n"));
+    ok(&pool.volume(2, &["set", "r", "quorum-type", "none"]));
+    assert_eq!(generations(&pool, &b, 1), vec![Some(3); 3]);
+    let info = ok(&pool.volume(1, &["info", "r"]));
+    assert!(
+        info.contains("Status: Started\n") && info.contains("quorum-type: none\n"),
+        "{info}"
+    );
+}
