@@ -4,6 +4,7 @@
 //! Every command prints errors as one clear line on stderr and exits non-zero.
 
 mod demo;
+mod volume_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     /// Create, serve and inspect bricks (one directory + one daemon each).
     #[command(subcommand)]
     Brick(BrickCmd),
+    /// Create, change and inspect volumes (any brick of the pool answers: --pool HOST:PORT).
+    Volume(volume_cmd::VolumeArgs),
     /// Start a brick on loopback in a temporary directory, write and read an object through it, and show how to reach it.
     Demo(demo::DemoArgs),
 }
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{stats}");
             Ok(())
         }
+        Command::Volume(args) => runtime()?.block_on(volume_cmd::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
     }
 }

@@ -112,3 +112,68 @@ impl Drop for BrickProcess {
         }
     }
 }
+
+/// A pool: `n` brick directories made with one shared secret, each served
+/// by its own `stretto brick serve` on loopback.
+pub struct Pool {
+    pub root: tempfile::TempDir,
+    pub secret: PathBuf,
+    pub dirs: Vec<PathBuf>,
+    pub bricks: Vec<Option<BrickProcess>>,
+}
+
+impl Pool {
+    /// Inits and starts `n` bricks.
+    pub fn start(n: usize) -> Pool {
+        let root = tempfile::tempdir().expect("tempdir");
+        let secret = root.path().join("pool.secret");
+        let mut dirs = Vec::new();
+        let mut bricks = Vec::new();
+        for i in 0..n {
+            let dir = root.path().join(format!("brick{i}"));
+            let out = run(&[
+                "brick",
+                "init",
+                dir.to_str().unwrap(),
+                "--secret-file",
+                secret.to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "brick init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            bricks.push(Some(BrickProcess::start(&dir, "127.0.0.1:0")));
+            dirs.push(dir);
+        }
+        Pool {
+            root,
+            secret,
+            dirs,
+            bricks,
+        }
+    }
+
+    /// `HOST:PORT` of brick `i` (it must be running).
+    pub fn addr(&self, i: usize) -> String {
+        self.bricks[i]
+            .as_ref()
+            .expect("brick running")
+            .addr
+            .to_string()
+    }
+
+    /// Runs `stretto volume ARGS... --pool <brick i> --secret-file <secret>`.
+    pub fn volume(&self, via: usize, args: &[&str]) -> Output {
+        let pool = self.addr(via);
+        let mut all = vec!["volume"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--pool",
+            &pool,
+            "--secret-file",
+            self.secret.to_str().unwrap(),
+        ]);
+        run(&all)
+    }
+}

@@ -1,1 +1,1002 @@
-//! Volume management across a pool's bricks. (Being built.)
+//! Volume management across a pool's bricks: `stretto volume create | start |
+//! stop | delete | info | status | set | get | list`, and [`fetch`] for
+//! clients.
+//!
+//! # Where things live
+//!
+//! Every brick keeps opaque volume configurations keyed by a `u32` id, each
+//! with a generation that only moves forward (`GetVolConfig` /
+//! `PutVolConfig`). Management stores, in the [`crate::volfile`] encoding:
+//! - under id [`POOL_TABLE_ID`] (0), the pool's volume table (name → id and
+//!   bricks, next id), on every brick of every volume;
+//! - under a volume's id, its [`VolumeSpec`] (or a tombstone once deleted),
+//!   on that volume's bricks;
+//! - under [`STAGING_ID`], the last change the brick was asked to prepare.
+//!
+//! # How a command finds the pool
+//!
+//! A command is given any brick address (`--pool`). The table is read from
+//! that brick, then from every brick the table names; the newest generation
+//! wins. A brick that is in no volume holds no table: it is told about the
+//! pool when a volume using it is created (every brick of the new volume gets
+//! the table). `volume create` also reads the table from the bricks it is
+//! given, so pointing `--pool` at a fresh brick still finds the pool as long
+//! as one of the new volume's bricks is already in it. A brick that leaves
+//! every volume (its last volume deleted) gets the table written by that
+//! delete, and later reads through it still find the newest table by asking
+//! the bricks that table names.
+//!
+//! # All-or-nothing changes
+//!
+//! A change is a set of configuration writes per brick. Before it, every
+//! brick it touches must be reachable and every brick of the volume (or of
+//! the pool, for the table) must hold the same generation (if they do not, an
+//! earlier change stopped part way after it was decided, and its newest
+//! generation is first copied to the bricks that missed it: a committed
+//! generation anywhere means every brick had staged it). Then:
+//! 1. **prepare**: every brick is read again (still at the generation seen?)
+//!    and stores the whole change under [`STAGING_ID`] — this proves each
+//!    brick reachable and its metadata writable before anything visible
+//!    changes;
+//! 2. **commit**: the new generations are written, volume descriptions
+//!    first and the pool table last, so a brick that lists a volume holds its
+//!    description.
+//!
+//! Anything that fails before commit leaves every visible configuration as it
+//! was. Two administrators changing the same volume at the same moment are
+//! not serialised (there is no pool-wide lock); each brick's
+//! generation check makes the loser fail, possibly part way, and the next
+//! change repairs it as above.
+//!
+//! This module must not print: the command line formats what it returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use thiserror::Error;
+use transport::wire::{BrickStats, ErrorCode, GetVolConfig, PutVolConfig, VolConfig};
+use transport::{ClientOptions, Payload, Request, Response, Secret, TcpClient, TransportError};
+
+use crate::spec::{VolumeKind, VolumeSpec, VolumeState};
+use crate::volfile::{
+    self, PoolEntry, PoolTable, Record, StagedWrite, VolfileError, MAX_VOLUME_ID, POOL_TABLE_ID,
+    STAGING_ID,
+};
+
+/// Options `volume set` accepts, with their defaults (what `volume get`
+/// shows when unset).
+pub const OPTIONS: &[(&str, &str)] = &[
+    ("quorum-type", "auto"),
+    ("quorum-count", "(unset)"),
+    ("ping-timeout", "42"),
+    ("transport", "tcp"),
+];
+
+/// Smallest chunk size a volume may have.
+pub const MIN_CHUNK_SIZE: u64 = 1 << 20;
+/// Longest volume name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// What went wrong; nothing was changed unless the variant says so
+/// ([`ManageError::PartialCommit`]).
+#[derive(Debug, Error)]
+pub enum ManageError {
+    #[error("bad volume name {name:?}: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . - (not starting with - or .)")]
+    BadName { name: String },
+    #[error("bad brick address {brick:?}: expected HOST:PORT")]
+    BadBrick { brick: String },
+    #[error("brick {brick} is listed twice")]
+    DuplicateBrick { brick: String },
+    #[error("a volume needs at least one brick")]
+    NoBricks,
+    #[error("replica {replica} is not allowed: a replicated volume needs at least 2 copies")]
+    BadReplica { replica: u32 },
+    #[error("replica {replica} needs a multiple of {replica} bricks, got {got}")]
+    BrickCount { replica: u32, got: usize },
+    #[error("bad chunk size {size}: must be a power of two of at least 1 MiB")]
+    BadChunkSize { size: u64 },
+    #[error("no volume named {name}")]
+    NoSuchVolume { name: String },
+    #[error("a volume named {name} already exists (id {id})")]
+    Exists { name: String, id: u32 },
+    #[error("volume {name} is {state}: {hint}")]
+    BadState {
+        name: String,
+        state: VolumeState,
+        hint: &'static str,
+    },
+    #[error("unknown option {key:?} (known: quorum-type, quorum-count, ping-timeout, transport)")]
+    UnknownOption { key: String },
+    #[error("bad value {value:?} for {key}: expected {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("no pool brick given (use --pool HOST:PORT or STRETTO_POOL)")]
+    NoPool,
+    #[error("brick {brick} is unreachable")]
+    Unreachable {
+        brick: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("no brick of {what} is reachable (tried {tried})")]
+    NothingReachable { what: String, tried: String },
+    #[error("brick {brick} failed {op}")]
+    Call {
+        brick: String,
+        op: &'static str,
+        #[source]
+        source: TransportError,
+    },
+    #[error("brick {brick} refused {op}: {message} ({code:?})")]
+    Refused {
+        brick: String,
+        op: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("brick {brick} sent an unexpected reply to {op}")]
+    Unexpected { brick: String, op: &'static str },
+    #[error("brick {brick} holds an unreadable configuration {id}")]
+    Corrupt {
+        brick: String,
+        id: u32,
+        #[source]
+        source: VolfileError,
+    },
+    #[error("brick {brick} holds {what} under configuration {id} where a {expected} was expected")]
+    WrongRecord {
+        brick: String,
+        id: u32,
+        what: &'static str,
+        expected: &'static str,
+    },
+    #[error("brick {brick} already holds volume {other} under id {id} (another pool?)")]
+    IdTaken {
+        brick: String,
+        id: u32,
+        other: String,
+    },
+    #[error("brick {brick} changed configuration {id} while this change was being prepared (generation {seen} became {now}); nothing was changed, try again")]
+    Raced {
+        brick: String,
+        id: u32,
+        seen: u64,
+        now: u64,
+    },
+    #[error("the pool has used every volume id")]
+    IdsExhausted,
+    #[error("cannot encode the new description")]
+    Encode(#[source] VolfileError),
+    #[error("{what} stopped part way: {done} of {total} writes committed; the next change to it completes it")]
+    PartialCommit {
+        what: String,
+        done: usize,
+        total: usize,
+        #[source]
+        source: Box<ManageError>,
+    },
+}
+
+/// One brick's line in `volume status`.
+#[derive(Debug, Clone)]
+pub struct BrickStatus {
+    /// `HOST:PORT`.
+    pub brick: String,
+    /// Reachable and authenticated.
+    pub online: bool,
+    /// The generation of the volume's description it holds, if it answered.
+    pub generation: Option<u64>,
+    /// Counters (with `detail`).
+    pub stats: Option<BrickStats>,
+    /// Why it is not online.
+    pub error: Option<String>,
+}
+
+/// `volume status`: the description and every brick's state.
+#[derive(Debug, Clone)]
+pub struct VolumeStatus {
+    /// The newest description found.
+    pub spec: VolumeSpec,
+    /// One entry per brick, in set order.
+    pub bricks: Vec<BrickStatus>,
+}
+
+// ---------------------------------------------------------------------
+// Public operations
+
+/// Creates volume `name` (state `Created`) on `bricks`, all-or-nothing:
+/// every brick of the volume and of the pool must be reachable.
+pub async fn create(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    kind: VolumeKind,
+    bricks: &[String],
+    chunk_size: u64,
+) -> Result<VolumeSpec, ManageError> {
+    check_name(name)?;
+    check_bricks(kind, bricks)?;
+    if chunk_size < MIN_CHUNK_SIZE || !chunk_size.is_power_of_two() {
+        return Err(ManageError::BadChunkSize { size: chunk_size });
+    }
+    let mut s = Session::new(secret);
+    // The new volume's bricks must all be there; say which one is not
+    // before reading anything else.
+    for b in bricks {
+        s.connect(b).await?;
+    }
+    let mut ask: Vec<String> = pool.to_vec();
+    ask.extend(bricks.iter().cloned());
+    let view = s.read_table(&ask).await?;
+    if let Some(e) = view.table.volumes.get(name) {
+        return Err(ManageError::Exists {
+            name: name.into(),
+            id: e.id,
+        });
+    }
+    let members = view.table.members();
+    let (table_gens, _) = s.agree(&members, POOL_TABLE_ID).await?;
+    let mut participants: BTreeSet<String> = members.clone();
+    participants.extend(bricks.iter().cloned());
+    let mut table_gen = 0;
+    let mut seen_table = BTreeMap::new();
+    for b in &participants {
+        let g = match table_gens.get(b) {
+            Some(g) => *g,
+            None => s.get(b, POOL_TABLE_ID).await?.map_or(0, |c| c.generation),
+        };
+        seen_table.insert(b.clone(), g);
+        table_gen = table_gen.max(g);
+    }
+    let table_gen = table_gen + 1;
+
+    let id = view.table.next_id.max(1);
+    if id > MAX_VOLUME_ID {
+        return Err(ManageError::IdsExhausted);
+    }
+    let mut spec_gen = 0;
+    let mut seen_spec = BTreeMap::new();
+    for b in bricks {
+        let cur = s.get(b, id).await?;
+        if let Some(c) = &cur {
+            if let Record::Volume(other) = decode_at(b, id, &c.config)? {
+                return Err(ManageError::IdTaken {
+                    brick: b.clone(),
+                    id,
+                    other: other.name,
+                });
+            }
+        }
+        let g = cur.map_or(0, |c| c.generation);
+        seen_spec.insert(b.clone(), g);
+        spec_gen = spec_gen.max(g);
+    }
+    let spec = VolumeSpec {
+        name: name.to_string(),
+        id,
+        kind,
+        bricks: bricks.to_vec(),
+        chunk_size,
+        options: BTreeMap::new(),
+        state: VolumeState::Created,
+        generation: spec_gen + 1,
+    };
+    let mut table = view.table.clone();
+    table.next_id = id + 1;
+    table.volumes.insert(
+        name.to_string(),
+        PoolEntry {
+            id,
+            bricks: bricks.to_vec(),
+        },
+    );
+    let spec_bytes = volfile::encode_spec(&spec).map_err(ManageError::Encode)?;
+    let table_bytes = volfile::encode(&Record::PoolTable(table)).map_err(ManageError::Encode)?;
+    let mut change = Change::default();
+    for b in bricks {
+        change.add(b, id, seen_spec[b], spec.generation, &spec_bytes);
+    }
+    for b in &participants {
+        change.add(b, POOL_TABLE_ID, seen_table[b], table_gen, &table_bytes);
+    }
+    s.apply(change, &format!("creating volume {name}")).await?;
+    Ok(spec)
+}
+
+/// Starts a volume (`Created` or `Stopped` → `Started`).
+pub async fn start(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+) -> Result<VolumeSpec, ManageError> {
+    modify(pool, secret, name, |spec| match spec.state {
+        VolumeState::Started => Err(ManageError::BadState {
+            name: spec.name.clone(),
+            state: spec.state,
+            hint: "it is already started",
+        }),
+        _ => {
+            spec.state = VolumeState::Started;
+            Ok(())
+        }
+    })
+    .await
+}
+
+/// Stops a started volume.
+pub async fn stop(pool: &[String], secret: &Secret, name: &str) -> Result<VolumeSpec, ManageError> {
+    modify(pool, secret, name, |spec| match spec.state {
+        VolumeState::Started => {
+            spec.state = VolumeState::Stopped;
+            Ok(())
+        }
+        _ => Err(ManageError::BadState {
+            name: spec.name.clone(),
+            state: spec.state,
+            hint: "only a started volume can be stopped",
+        }),
+    })
+    .await
+}
+
+/// Sets option `key` to `value` (validated; see [`OPTIONS`]).
+pub async fn set(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<VolumeSpec, ManageError> {
+    modify(pool, secret, name, |spec| {
+        let v = check_option(spec, key, value)?;
+        spec.options.insert(key.to_string(), v);
+        Ok(())
+    })
+    .await
+}
+
+/// An option's effective value, or every option's with `key == "all"`.
+pub async fn get(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    key: &str,
+) -> Result<Vec<(String, String)>, ManageError> {
+    if key != "all" && !OPTIONS.iter().any(|(k, _)| *k == key) {
+        return Err(ManageError::UnknownOption { key: key.into() });
+    }
+    let spec = fetch(pool, secret, name).await?;
+    Ok(OPTIONS
+        .iter()
+        .filter(|(k, _)| key == "all" || *k == key)
+        .map(|(k, d)| (k.to_string(), spec.option(k, d).to_string()))
+        .collect())
+}
+
+/// Deletes a volume that is `Created` or `Stopped`: its bricks get a
+/// tombstone, and every brick of the pool a table without it.
+pub async fn delete(pool: &[String], secret: &Secret, name: &str) -> Result<(), ManageError> {
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    let entry = view
+        .table
+        .volumes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let (spec_gens, spec) = s.current_spec(name, &entry).await?;
+    if spec.state == VolumeState::Started {
+        return Err(ManageError::BadState {
+            name: name.into(),
+            state: spec.state,
+            hint: "stop it first",
+        });
+    }
+    let members = view.table.members();
+    let (table_gens, _) = s.agree(&members, POOL_TABLE_ID).await?;
+    let table_gen = table_gens.values().copied().max().unwrap_or(0) + 1;
+    let mut table = view.table.clone();
+    table.volumes.remove(name);
+    let tomb = volfile::encode(&Record::Deleted {
+        id: entry.id,
+        name: name.into(),
+        generation: spec.generation + 1,
+    })
+    .map_err(ManageError::Encode)?;
+    let table_bytes = volfile::encode(&Record::PoolTable(table)).map_err(ManageError::Encode)?;
+    let mut change = Change::default();
+    for b in &entry.bricks {
+        change.add(b, entry.id, spec_gens[b], spec.generation + 1, &tomb);
+    }
+    for b in &members {
+        change.add(b, POOL_TABLE_ID, table_gens[b], table_gen, &table_bytes);
+    }
+    s.apply(change, &format!("deleting volume {name}")).await
+}
+
+/// The description of `name`, for `volume info`.
+pub async fn info(pool: &[String], secret: &Secret, name: &str) -> Result<VolumeSpec, ManageError> {
+    fetch(pool, secret, name).await
+}
+
+/// Names of the pool's volumes, sorted.
+pub async fn list(pool: &[String], secret: &Secret) -> Result<Vec<String>, ManageError> {
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    Ok(view.table.volumes.keys().cloned().collect())
+}
+
+/// For clients: the newest description of `name` any reachable brick holds.
+pub async fn fetch(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+) -> Result<VolumeSpec, ManageError> {
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    let entry = view
+        .table
+        .volumes
+        .get(name)
+        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let mut best: Option<VolConfig> = None;
+    let mut last_err = None;
+    let mut found_from = None;
+    for b in &entry.bricks {
+        match s.get(b, entry.id).await {
+            Ok(Some(c)) => {
+                if best.as_ref().is_none_or(|x| c.generation > x.generation) {
+                    best = Some(c);
+                    found_from = Some(b.clone());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let (Some(c), Some(b)) = (best, found_from) else {
+        return Err(last_err.unwrap_or(ManageError::NoSuchVolume { name: name.into() }));
+    };
+    match decode_at(&b, entry.id, &c.config)? {
+        Record::Volume(spec) => Ok(spec),
+        Record::Deleted { .. } => Err(ManageError::NoSuchVolume { name: name.into() }),
+        other => Err(wrong(&b, entry.id, &other, "volume description")),
+    }
+}
+
+/// Every brick of `name`: reachable or not, the generation it holds, and
+/// with `detail` its counters.
+pub async fn status(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    detail: bool,
+) -> Result<VolumeStatus, ManageError> {
+    let spec = fetch(pool, secret, name).await?;
+    let mut s = Session::new(secret);
+    let mut bricks = Vec::new();
+    for b in &spec.bricks {
+        let mut st = BrickStatus {
+            brick: b.clone(),
+            online: false,
+            generation: None,
+            stats: None,
+            error: None,
+        };
+        match s.get(b, spec.id).await {
+            Ok(c) => {
+                st.online = true;
+                st.generation = c.map(|c| c.generation);
+                if detail {
+                    match s.stats(b).await {
+                        Ok(x) => st.stats = Some(x),
+                        Err(e) => st.error = Some(error_line(&e)),
+                    }
+                }
+            }
+            Err(e) => st.error = Some(error_line(&e)),
+        }
+        bricks.push(st);
+    }
+    Ok(VolumeStatus { spec, bricks })
+}
+
+/// The generation of configuration `id` on each of `bricks` (None: the
+/// brick holds none). For tests and tools.
+pub async fn generations(
+    secret: &Secret,
+    bricks: &[String],
+    id: u32,
+) -> Result<Vec<Option<u64>>, ManageError> {
+    let mut s = Session::new(secret);
+    let mut out = Vec::new();
+    for b in bricks {
+        out.push(s.get(b, id).await?.map(|c| c.generation));
+    }
+    Ok(out)
+}
+
+/// Parses a size like `65536`, `64K`, `64M`, `1G` (powers of 1024; an
+/// optional trailing `B` or `iB` is accepted).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, shift) = match t.chars().last()? {
+        'k' | 'K' => (&t[..t.len() - 1], 10),
+        'm' | 'M' => (&t[..t.len() - 1], 20),
+        'g' | 'G' => (&t[..t.len() - 1], 30),
+        't' | 'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+// ---------------------------------------------------------------------
+// Validation
+
+fn check_name(name: &str) -> Result<(), ManageError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && !name.starts_with(['-', '.'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ManageError::BadName { name: name.into() })
+    }
+}
+
+fn check_bricks(kind: VolumeKind, bricks: &[String]) -> Result<(), ManageError> {
+    if bricks.is_empty() {
+        return Err(ManageError::NoBricks);
+    }
+    if let VolumeKind::Replicate { replica } = kind {
+        if replica < 2 {
+            return Err(ManageError::BadReplica { replica });
+        }
+        if bricks.len() % replica as usize != 0 {
+            return Err(ManageError::BrickCount {
+                replica,
+                got: bricks.len(),
+            });
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for b in bricks {
+        let bad = || ManageError::BadBrick { brick: b.clone() };
+        let (host, port) = b.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.chars().any(char::is_whitespace) {
+            return Err(bad());
+        }
+        // Compare by socket address when the host is an IP literal, so
+        // `[::1]:5` and `[0:0::1]:5` are the same brick.
+        let canon = b
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| b.to_ascii_lowercase());
+        if !seen.insert(canon) {
+            return Err(ManageError::DuplicateBrick { brick: b.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Checks `key = value` for `spec`; returns the value to store.
+pub fn check_option(spec: &VolumeSpec, key: &str, value: &str) -> Result<String, ManageError> {
+    let bad = |expected: String| ManageError::BadValue {
+        key: key.into(),
+        value: value.into(),
+        expected,
+    };
+    match key {
+        "quorum-type" => match value {
+            "auto" | "fixed" | "none" => Ok(value.into()),
+            _ => Err(bad("auto, fixed or none".into())),
+        },
+        "quorum-count" => {
+            let max = spec.kind.set_size() as u64;
+            match value.parse::<u64>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n.to_string()),
+                _ => Err(bad(format!("a number of bricks from 1 to {max}"))),
+            }
+        }
+        "ping-timeout" => match value.parse::<u64>() {
+            Ok(n) if (1..=86_400).contains(&n) => Ok(n.to_string()),
+            _ => Err(bad("seconds, from 1 to 86400".into())),
+        },
+        "transport" => match value {
+            "tcp" => Ok(value.into()),
+            _ => Err(bad("tcp (the only transport in this build)".into())),
+        },
+        _ => Err(ManageError::UnknownOption { key: key.into() }),
+    }
+}
+
+fn error_line(e: &ManageError) -> String {
+    let mut line = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !line.contains(&t) {
+            line.push_str(": ");
+            line.push_str(&t);
+        }
+        src = s.source();
+    }
+    line
+}
+
+fn decode_at(brick: &str, id: u32, bytes: &[u8]) -> Result<Record, ManageError> {
+    volfile::decode(bytes).map_err(|source| ManageError::Corrupt {
+        brick: brick.into(),
+        id,
+        source,
+    })
+}
+
+fn wrong(brick: &str, id: u32, rec: &Record, expected: &'static str) -> ManageError {
+    ManageError::WrongRecord {
+        brick: brick.into(),
+        id,
+        what: match rec {
+            Record::Volume(_) => "a volume description",
+            Record::Deleted { .. } => "a deleted volume",
+            Record::PoolTable(_) => "a pool table",
+            Record::Staged(_) => "a staged change",
+        },
+        expected,
+    }
+}
+
+/// Start/stop/set: read the volume's description from all its bricks
+/// (all reachable, same generation), change it with `f`, write it back
+/// all-or-nothing.
+async fn modify(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    f: impl FnOnce(&mut VolumeSpec) -> Result<(), ManageError>,
+) -> Result<VolumeSpec, ManageError> {
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    let entry = view
+        .table
+        .volumes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let (gens, spec) = s.current_spec(name, &entry).await?;
+    let mut new = spec.clone();
+    f(&mut new)?;
+    new.generation = spec.generation + 1;
+    let bytes = volfile::encode_spec(&new).map_err(ManageError::Encode)?;
+    let mut change = Change::default();
+    for b in &entry.bricks {
+        change.add(b, entry.id, gens[b], new.generation, &bytes);
+    }
+    s.apply(change, &format!("changing volume {name}")).await?;
+    Ok(new)
+}
+
+// ---------------------------------------------------------------------
+// Talking to bricks
+
+/// The writes of one change, per brick.
+#[derive(Default)]
+struct Change {
+    /// brick → (write, the generation the brick held when we read it).
+    writes: BTreeMap<String, Vec<(StagedWrite, u64)>>,
+}
+
+impl Change {
+    fn add(&mut self, brick: &str, volume: u32, seen: u64, generation: u64, config: &[u8]) {
+        self.writes.entry(brick.to_string()).or_default().push((
+            StagedWrite {
+                volume,
+                generation,
+                config: config.to_vec(),
+            },
+            seen,
+        ));
+    }
+}
+
+struct TableView {
+    table: PoolTable,
+}
+
+struct Session {
+    secret: Secret,
+    conns: BTreeMap<String, TcpClient>,
+}
+
+impl Session {
+    fn new(secret: &Secret) -> Session {
+        Session {
+            secret: secret.clone(),
+            conns: BTreeMap::new(),
+        }
+    }
+
+    async fn connect(&mut self, brick: &str) -> Result<&TcpClient, ManageError> {
+        if !self.conns.contains_key(brick) {
+            let opts = ClientOptions {
+                connect_timeout: Duration::from_secs(5),
+                request_timeout: Duration::from_secs(15),
+                ..ClientOptions::default()
+            };
+            let c = TcpClient::connect(brick, self.secret.clone(), opts)
+                .await
+                .map_err(|source| ManageError::Unreachable {
+                    brick: brick.into(),
+                    source,
+                })?;
+            self.conns.insert(brick.to_string(), c);
+        }
+        self.conns
+            .get(brick)
+            .ok_or_else(|| ManageError::Unexpected {
+                brick: brick.into(),
+                op: "connect",
+            })
+    }
+
+    async fn call(
+        &mut self,
+        brick: &str,
+        op: &'static str,
+        req: Request,
+    ) -> Result<Response, ManageError> {
+        let c = self.connect(brick).await?;
+        let (resp, _) = c
+            .call(req, Payload::None)
+            .await
+            .map_err(|source| ManageError::Call {
+                brick: brick.into(),
+                op,
+                source,
+            })?;
+        Ok(resp)
+    }
+
+    /// Configuration `id` on `brick`, or None if it holds none.
+    async fn get(&mut self, brick: &str, id: u32) -> Result<Option<VolConfig>, ManageError> {
+        let op = "GetVolConfig";
+        match self
+            .call(
+                brick,
+                op,
+                Request::GetVolConfig(GetVolConfig { volume: id }),
+            )
+            .await?
+        {
+            Response::VolConfig(c) => Ok(Some(c)),
+            Response::Error(e) if e.code == ErrorCode::NotFound => Ok(None),
+            Response::Error(e) => Err(ManageError::Refused {
+                brick: brick.into(),
+                op,
+                code: e.code,
+                message: e.message,
+            }),
+            _ => Err(ManageError::Unexpected {
+                brick: brick.into(),
+                op,
+            }),
+        }
+    }
+
+    async fn put(
+        &mut self,
+        brick: &str,
+        id: u32,
+        generation: u64,
+        config: Vec<u8>,
+    ) -> Result<(), ManageError> {
+        let op = "PutVolConfig";
+        let req = Request::PutVolConfig(PutVolConfig {
+            volume: id,
+            generation,
+            config,
+        });
+        match self.call(brick, op, req).await? {
+            Response::VolConfigStored { .. } => Ok(()),
+            Response::Error(e) => Err(ManageError::Refused {
+                brick: brick.into(),
+                op,
+                code: e.code,
+                message: e.message,
+            }),
+            _ => Err(ManageError::Unexpected {
+                brick: brick.into(),
+                op,
+            }),
+        }
+    }
+
+    async fn stats(&mut self, brick: &str) -> Result<BrickStats, ManageError> {
+        match self.call(brick, "BrickStats", Request::BrickStats).await? {
+            Response::BrickStats(s) => Ok(s),
+            Response::Error(e) => Err(ManageError::Refused {
+                brick: brick.into(),
+                op: "BrickStats",
+                code: e.code,
+                message: e.message,
+            }),
+            _ => Err(ManageError::Unexpected {
+                brick: brick.into(),
+                op: "BrickStats",
+            }),
+        }
+    }
+
+    /// The pool table: asked of `first` (unreachable ones skipped, but at
+    /// least one must answer), then of every brick the newest table names;
+    /// the newest generation wins. No brick holding one: an empty table.
+    async fn read_table(&mut self, first: &[String]) -> Result<TableView, ManageError> {
+        if first.is_empty() {
+            return Err(ManageError::NoPool);
+        }
+        let mut best: Option<(u64, PoolTable)> = None;
+        let mut asked = BTreeSet::new();
+        let mut answered = false;
+        let mut queue: Vec<String> = first.to_vec();
+        while let Some(b) = queue.pop() {
+            if !asked.insert(b.clone()) {
+                continue;
+            }
+            let c = match self.get(&b, POOL_TABLE_ID).await {
+                Ok(c) => c,
+                Err(ManageError::Unreachable { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            answered = true;
+            let Some(c) = c else { continue };
+            let table = match decode_at(&b, POOL_TABLE_ID, &c.config)? {
+                Record::PoolTable(t) => t,
+                other => return Err(wrong(&b, POOL_TABLE_ID, &other, "pool table")),
+            };
+            if best.as_ref().is_none_or(|(g, _)| c.generation > *g) {
+                queue.extend(table.members());
+                best = Some((c.generation, table));
+            }
+        }
+        if !answered {
+            return Err(ManageError::NothingReachable {
+                what: "the pool".into(),
+                tried: first.join(", "),
+            });
+        }
+        Ok(TableView {
+            table: best.map(|(_, t)| t).unwrap_or_default(),
+        })
+    }
+
+    /// Reads configuration `id` from every one of `bricks` (all must be
+    /// reachable). If they disagree, an earlier change was decided but
+    /// stopped part way: the newest generation is copied to the others.
+    /// Returns each brick's generation afterwards and the newest record.
+    async fn agree(
+        &mut self,
+        bricks: &BTreeSet<String>,
+        id: u32,
+    ) -> Result<(BTreeMap<String, u64>, Option<(String, VolConfig)>), ManageError> {
+        let mut gens = BTreeMap::new();
+        let mut newest: Option<(String, VolConfig)> = None;
+        for b in bricks {
+            let c = self.get(b, id).await?;
+            let g = c.as_ref().map_or(0, |c| c.generation);
+            gens.insert(b.clone(), g);
+            if let Some(c) = c {
+                if newest
+                    .as_ref()
+                    .is_none_or(|(_, n)| c.generation > n.generation)
+                {
+                    newest = Some((b.clone(), c));
+                }
+            }
+        }
+        if let Some((from, n)) = &newest {
+            let lagging: Vec<String> = gens
+                .iter()
+                .filter(|(_, g)| **g < n.generation)
+                .map(|(b, _)| b.clone())
+                .collect();
+            for b in lagging {
+                tracing::warn!(
+                    brick = %b, id, generation = n.generation, from = %from,
+                    "completing an interrupted change"
+                );
+                self.put(&b, id, n.generation, n.config.clone()).await?;
+                gens.insert(b, n.generation);
+            }
+        }
+        Ok((gens, newest))
+    }
+
+    /// The volume's current description from all of its bricks.
+    async fn current_spec(
+        &mut self,
+        name: &str,
+        entry: &PoolEntry,
+    ) -> Result<(BTreeMap<String, u64>, VolumeSpec), ManageError> {
+        let bricks: BTreeSet<String> = entry.bricks.iter().cloned().collect();
+        for b in &entry.bricks {
+            self.connect(b).await?;
+        }
+        let (gens, newest) = self.agree(&bricks, entry.id).await?;
+        let Some((b, c)) = newest else {
+            return Err(ManageError::NoSuchVolume { name: name.into() });
+        };
+        match decode_at(&b, entry.id, &c.config)? {
+            Record::Volume(spec) => Ok((gens, spec)),
+            Record::Deleted { .. } => Err(ManageError::NoSuchVolume { name: name.into() }),
+            other => Err(wrong(&b, entry.id, &other, "volume description")),
+        }
+    }
+
+    /// Prepare then commit `change` (see the module doc).
+    async fn apply(&mut self, change: Change, what: &str) -> Result<(), ManageError> {
+        // Every brick must be reachable before anything is written.
+        for b in change.writes.keys() {
+            self.connect(b).await?;
+        }
+        // Prepare: still at the generations we read? Then stage.
+        for (b, writes) in &change.writes {
+            for (w, seen) in writes {
+                let now = self.get(b, w.volume).await?.map_or(0, |c| c.generation);
+                if now != *seen {
+                    return Err(ManageError::Raced {
+                        brick: b.clone(),
+                        id: w.volume,
+                        seen: *seen,
+                        now,
+                    });
+                }
+            }
+            let staged = Record::Staged(writes.iter().map(|(w, _)| w.clone()).collect());
+            let bytes = volfile::encode(&staged).map_err(ManageError::Encode)?;
+            let g = self.get(b, STAGING_ID).await?.map_or(0, |c| c.generation);
+            self.put(b, STAGING_ID, g + 1, bytes).await?;
+        }
+        // Commit: descriptions first, the pool table last.
+        let mut order: Vec<(&String, &StagedWrite)> = Vec::new();
+        for (b, writes) in &change.writes {
+            order.extend(
+                writes
+                    .iter()
+                    .filter(|(w, _)| w.volume != POOL_TABLE_ID)
+                    .map(|(w, _)| (b, w)),
+            );
+        }
+        for (b, writes) in &change.writes {
+            order.extend(
+                writes
+                    .iter()
+                    .filter(|(w, _)| w.volume == POOL_TABLE_ID)
+                    .map(|(w, _)| (b, w)),
+            );
+        }
+        let total = order.len();
+        for (done, (b, w)) in order.into_iter().enumerate() {
+            if let Err(e) = self.put(b, w.volume, w.generation, w.config.clone()).await {
+                return Err(ManageError::PartialCommit {
+                    what: what.to_string(),
+                    done,
+                    total,
+                    source: Box::new(e),
+                });
+            }
+        }
+        Ok(())
+    }
+}
