@@ -68,7 +68,7 @@ use crate::volfile::{
 pub const OPTIONS: &[(&str, &str)] = &[
     ("quorum-type", "auto"),
     ("quorum-count", "(unset)"),
-    ("ping-timeout", "42"),
+    ("ping-timeout", "10"),
     ("transport", "tcp"),
 ];
 
