@@ -127,7 +127,7 @@ fn replica3_lifecycle_on_three_bricks() {
     for kv in [
         ["quorum-type", "fixed"],
         ["quorum-count", "2"],
-        ["ping-timeout", "42"],
+        ["ping-timeout", "10"],
         ["transport", "tcp"],
     ] {
         assert!(
