@@ -4,6 +4,7 @@
 //! Every command prints errors as one clear line on stderr and exits non-zero.
 
 mod demo;
+mod image_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -31,6 +32,8 @@ enum Command {
     Brick(BrickCmd),
     /// Create, change and inspect volumes (any brick of the pool answers: --pool HOST:PORT).
     Volume(volume_cmd::VolumeArgs),
+    /// Create, list, resize and delete images (named objects of a volume, e.g. VM disks).
+    Image(image_cmd::ImageArgs),
     /// Start a brick on loopback in a temporary directory, write and read an object through it, and show how to reach it.
     Demo(demo::DemoArgs),
 }
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Volume(args) => runtime()?.block_on(volume_cmd::run(args)),
+        Command::Image(args) => runtime()?.block_on(image_cmd::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
     }
 }

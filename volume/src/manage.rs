@@ -59,8 +59,8 @@ use transport::{ClientOptions, Payload, Request, Response, Secret, TcpClient, Tr
 
 use crate::spec::{VolumeKind, VolumeSpec, VolumeState};
 use crate::volfile::{
-    self, PoolEntry, PoolTable, Record, StagedWrite, VolfileError, MAX_VOLUME_ID, POOL_TABLE_ID,
-    STAGING_ID,
+    self, images_id, ImageEntry, ImageTable, PoolEntry, PoolTable, Record, StagedWrite,
+    VolfileError, MAX_VOLUME_ID, POOL_TABLE_ID, STAGING_ID,
 };
 
 /// Options `volume set` accepts, with their defaults (what `volume get`
@@ -170,6 +170,22 @@ pub enum ManageError {
     IdsExhausted,
     #[error("cannot encode the new description")]
     Encode(#[source] VolfileError),
+    #[error("bad image name {name:?}: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ . - (not starting with - or .)")]
+    BadImageName { name: String },
+    #[error("volume {volume} has no image named {name}")]
+    NoSuchImage { volume: String, name: String },
+    #[error("volume {volume} already has an image named {name}")]
+    ImageExists { volume: String, name: String },
+    #[error("bad image size {size}: {why}")]
+    BadImageSize { size: u64, why: &'static str },
+    #[error("image {name} is {size} bytes; shrinking to {requested} would drop data past the new end (not supported: create a smaller image and copy into it)")]
+    Shrink {
+        name: String,
+        size: u64,
+        requested: u64,
+    },
+    #[error("volume {volume} has used every image vnode")]
+    VnodesExhausted { volume: String },
     #[error("{what} stopped part way: {done} of {total} writes committed; the next change to it completes it")]
     PartialCommit {
         what: String,
@@ -653,6 +669,7 @@ fn wrong(brick: &str, id: u32, rec: &Record, expected: &'static str) -> ManageEr
             Record::Deleted { .. } => "a deleted volume",
             Record::PoolTable(_) => "a pool table",
             Record::Staged(_) => "a staged change",
+            Record::Images(_) => "an image table",
         },
         expected,
     }
@@ -686,6 +703,269 @@ async fn modify(
     }
     s.apply(change, &format!("changing volume {name}")).await?;
     Ok(new)
+}
+
+// ---------------------------------------------------------------------
+// Images: named objects of a volume (VM disks), until the file namespace
+
+/// Largest image: the largest object offset a brick accepts.
+pub const MAX_IMAGE_SIZE: u64 = i64::MAX as u64;
+
+fn check_image_size(size: u64) -> Result<(), ManageError> {
+    if size == 0 {
+        return Err(ManageError::BadImageSize {
+            size,
+            why: "an image needs at least one byte",
+        });
+    }
+    if size % 512 != 0 {
+        return Err(ManageError::BadImageSize {
+            size,
+            why: "must be a multiple of 512 bytes (a block device's sector)",
+        });
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(ManageError::BadImageSize {
+            size,
+            why: "larger than an object can be",
+        });
+    }
+    Ok(())
+}
+
+/// Reads volume `volume`'s image table from all of its bricks (rolling an
+/// interrupted change forward), lets `f` change it, and commits the new
+/// table all-or-nothing (prepare, then commit) when `f` changed it.
+async fn modify_images<R>(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+    f: impl FnOnce(&VolumeSpec, &mut ImageTable) -> Result<R, ManageError>,
+) -> Result<(VolumeSpec, ImageTable, R), ManageError> {
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    let entry =
+        view.table
+            .volumes
+            .get(volume)
+            .cloned()
+            .ok_or_else(|| ManageError::NoSuchVolume {
+                name: volume.into(),
+            })?;
+    let (_, spec) = s.current_spec(volume, &entry).await?;
+    let id = images_id(entry.id);
+    let bricks: BTreeSet<String> = entry.bricks.iter().cloned().collect();
+    let (gens, newest) = s.agree(&bricks, id).await?;
+    let (generation, old) = match newest {
+        None => (
+            0,
+            ImageTable {
+                next_vnode: 1,
+                images: BTreeMap::new(),
+            },
+        ),
+        Some((b, c)) => match decode_at(&b, id, &c.config)? {
+            Record::Images(t) => (c.generation, t),
+            other => return Err(wrong(&b, id, &other, "image table")),
+        },
+    };
+    let mut table = old.clone();
+    let r = f(&spec, &mut table)?;
+    if table != old {
+        let bytes = volfile::encode(&Record::Images(table.clone())).map_err(ManageError::Encode)?;
+        let mut change = Change::default();
+        for b in &entry.bricks {
+            change.add(b, id, gens[b], generation + 1, &bytes);
+        }
+        s.apply(change, &format!("changing the images of volume {volume}"))
+            .await?;
+    }
+    Ok((spec, table, r))
+}
+
+/// `stretto image create NAME SIZE --volume VOL`: a new, empty (sparse)
+/// image. Its data is the object `(volume id, vnode, 1)`.
+pub async fn image_create(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+    name: &str,
+    size: u64,
+) -> Result<(VolumeSpec, ImageEntry), ManageError> {
+    check_name(name).map_err(|_| ManageError::BadImageName { name: name.into() })?;
+    check_image_size(size)?;
+    let (spec, _, e) = modify_images(pool, secret, volume, |_, t| {
+        if t.images.contains_key(name) {
+            return Err(ManageError::ImageExists {
+                volume: volume.into(),
+                name: name.into(),
+            });
+        }
+        let vnode = t.next_vnode.max(1);
+        t.next_vnode = vnode.checked_add(1).ok_or(ManageError::VnodesExhausted {
+            volume: volume.into(),
+        })?;
+        let e = ImageEntry {
+            vnode,
+            unique: 1,
+            size,
+        };
+        t.images.insert(name.to_string(), e);
+        Ok(e)
+    })
+    .await?;
+    Ok((spec, e))
+}
+
+/// `stretto image list --volume VOL`: the volume and its images. Reads
+/// from every reachable brick of the volume (the newest table wins), so it
+/// works with bricks down.
+pub async fn image_list(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+) -> Result<(VolumeSpec, ImageTable), ManageError> {
+    let spec = fetch(pool, secret, volume).await?;
+    let id = images_id(spec.id);
+    let mut s = Session::new(secret);
+    let mut best: Option<(String, VolConfig)> = None;
+    let mut answered = false;
+    let mut last_err = None;
+    for b in &spec.bricks {
+        match s.get(b, id).await {
+            Ok(c) => {
+                answered = true;
+                if let Some(c) = c {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, x)| c.generation > x.generation)
+                    {
+                        best = Some((b.clone(), c));
+                    }
+                }
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if !answered {
+        return Err(last_err.unwrap_or(ManageError::NothingReachable {
+            what: format!("volume {volume}"),
+            tried: spec.bricks.join(", "),
+        }));
+    }
+    let table = match best {
+        None => ImageTable {
+            next_vnode: 1,
+            images: BTreeMap::new(),
+        },
+        Some((b, c)) => match decode_at(&b, id, &c.config)? {
+            Record::Images(t) => t,
+            other => return Err(wrong(&b, id, &other, "image table")),
+        },
+    };
+    Ok((spec, table))
+}
+
+/// One image of a volume (what `stretto nbd serve` exports).
+pub async fn image_get(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+    name: &str,
+) -> Result<(VolumeSpec, ImageEntry), ManageError> {
+    let (spec, t) = image_list(pool, secret, volume).await?;
+    let e = t
+        .images
+        .get(name)
+        .copied()
+        .ok_or_else(|| ManageError::NoSuchImage {
+            volume: volume.into(),
+            name: name.into(),
+        })?;
+    Ok((spec, e))
+}
+
+/// `stretto image resize NAME SIZE --volume VOL`: grows an image (the new
+/// bytes read as zeros). Shrinking is refused: it would drop data.
+pub async fn image_resize(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+    name: &str,
+    size: u64,
+) -> Result<ImageEntry, ManageError> {
+    check_image_size(size)?;
+    let (_, _, e) = modify_images(pool, secret, volume, |_, t| {
+        let e = t
+            .images
+            .get_mut(name)
+            .ok_or_else(|| ManageError::NoSuchImage {
+                volume: volume.into(),
+                name: name.into(),
+            })?;
+        if size < e.size {
+            return Err(ManageError::Shrink {
+                name: name.into(),
+                size: e.size,
+                requested: size,
+            });
+        }
+        e.size = size;
+        Ok(*e)
+    })
+    .await?;
+    Ok(e)
+}
+
+/// `stretto image delete NAME --volume VOL`: removes the image from the
+/// table (all-or-nothing), then its chunks from every brick of the volume.
+/// Returns how many bricks could not be reached for that clean-up (their
+/// chunks stay as orphans; nothing names them any more).
+pub async fn image_delete(
+    pool: &[String],
+    secret: &Secret,
+    volume: &str,
+    name: &str,
+) -> Result<usize, ManageError> {
+    let (spec, _, e) = modify_images(pool, secret, volume, |_, t| {
+        t.images
+            .remove(name)
+            .ok_or_else(|| ManageError::NoSuchImage {
+                volume: volume.into(),
+                name: name.into(),
+            })
+    })
+    .await?;
+    let chunks = e.size.div_ceil(spec.chunk_size.max(1));
+    let mut s = Session::new(secret);
+    let mut failed = 0;
+    for b in &spec.bricks {
+        for chunk in 0..chunks {
+            let req = Request::Remove(transport::wire::RemoveReq {
+                object: transport::ObjectId {
+                    volume: spec.id,
+                    vnode: e.vnode,
+                    unique: e.unique,
+                    chunk,
+                },
+                epoch: 0,
+            });
+            match s.call(b, "Remove", req).await {
+                Ok(Response::Remove) => {}
+                Ok(other) => {
+                    tracing::warn!(brick = %b, ?other, "could not remove an image chunk");
+                    failed += 1;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(brick = %b, error = %e, "could not remove an image chunk");
+                    failed += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(failed)
 }
 
 // ---------------------------------------------------------------------

@@ -12,6 +12,7 @@
 //! | [`POOL_TABLE_ID`] (0)   | [`Record::PoolTable`]                        |
 //! | 1 ..= [`MAX_VOLUME_ID`] | [`Record::Volume`] or [`Record::Deleted`]    |
 //! | [`STAGING_ID`]          | [`Record::Staged`]: the last prepared change |
+//! | [`images_id`]`(v)` = `0x8000_0000 \| v` | [`Record::Images`]: volume `v`'s image table |
 //!
 //! This module only turns records into bytes and back. Decode checks syntax
 //! (magic, version, checksum, lengths, codes, reserved bytes); what a record
@@ -32,7 +33,7 @@
 //! `crc32c` covers bytes `0..12` followed by the body, so a record cut
 //! short, padded, or with a flipped bit anywhere fails. The record is exactly
 //! `16 + body_len` bytes; trailing bytes are an error. `kind`: 1 volume,
-//! 2 deleted volume, 3 pool table, 4 staged change.
+//! 2 deleted volume, 3 pool table, 4 staged change, 5 image table.
 //!
 //! A `str` below is `len u16` then `len` bytes of UTF-8.
 //!
@@ -96,6 +97,27 @@
 //! ```
 //! The inner `config` bytes are themselves records; decode checks only
 //! their length (they are decoded when used).
+//!
+//! # Image table body (kind 5)
+//!
+//! The named objects (VM disk images) of one volume, until the file
+//! namespace holds them. An image's data is the object with Fid
+//! `(volume, vnode, unique)`.
+//!
+//! ```text
+//!  0           4           8
+//!  +-----------+-----------+--------------------------------------+
+//!  | next_vnode| image_cnt | image_cnt × entry                    |
+//!  |    u32    |    u32    |                                      |
+//!  +-----------+-----------+--------------------------------------+
+//!  entry:  0       4        8      16
+//!          +-------+--------+------+----------+
+//!          | vnode | unique | size | name str |
+//!          |  u32  |  u32   | u64  |          |
+//!          +-------+--------+------+----------+
+//! ```
+//! Entries are in strictly increasing name order; vnodes are never reused
+//! within a volume (`next_vnode` only grows).
 
 use std::collections::BTreeMap;
 
@@ -113,6 +135,13 @@ pub const POOL_TABLE_ID: u32 = 0;
 pub const STAGING_ID: u32 = u32::MAX;
 /// Largest id a volume can have (ids above are reserved for management).
 pub const MAX_VOLUME_ID: u32 = 0x7fff_ffff;
+/// High bit of the configuration id that holds a volume's image table.
+pub const IMAGES_ID_BIT: u32 = 0x8000_0000;
+
+/// Configuration id of volume `volume`'s image table.
+pub fn images_id(volume: u32) -> u32 {
+    IMAGES_ID_BIT | volume
+}
 
 // Envelope offsets.
 const OFF_MAGIC: usize = 0;
@@ -128,6 +157,16 @@ const KIND_VOLUME: u16 = 1;
 const KIND_DELETED: u16 = 2;
 const KIND_POOL_TABLE: u16 = 3;
 const KIND_STAGED: u16 = 4;
+const KIND_IMAGES: u16 = 5;
+
+// Image table body offsets.
+const IT_NEXT_VNODE: usize = 0;
+const IT_COUNT: usize = 4;
+const IT_FIXED: usize = 8;
+const ITE_VNODE: usize = 0;
+const ITE_UNIQUE: usize = 4;
+const ITE_SIZE: usize = 8;
+const ITE_FIXED: usize = 16;
 
 // Volume body offsets.
 const VOL_ID: usize = 0;
@@ -215,6 +254,26 @@ pub struct StagedWrite {
     pub config: Vec<u8>,
 }
 
+/// A volume's named objects (images), name → where its data lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ImageTable {
+    /// The vnode the next image gets (vnodes are never reused).
+    pub next_vnode: u32,
+    /// Image name → entry.
+    pub images: BTreeMap<String, ImageEntry>,
+}
+
+/// One image: the object `(volume, vnode, unique)` and its size in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageEntry {
+    /// The Fid's vnode.
+    pub vnode: u32,
+    /// The Fid's uniquifier.
+    pub unique: u32,
+    /// Size in bytes (what an NBD export of it reports).
+    pub size: u64,
+}
+
 /// Anything stored under a configuration id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -233,6 +292,8 @@ pub enum Record {
     PoolTable(PoolTable),
     /// A prepared, maybe not yet committed change.
     Staged(Vec<StagedWrite>),
+    /// A volume's image table.
+    Images(ImageTable),
 }
 
 /// Why bytes are not a record (decode) or a record cannot be encoded.
@@ -313,6 +374,17 @@ pub fn encode(rec: &Record) -> Result<Vec<u8>, VolfileError> {
                 w.0.extend_from_slice(&sw.config);
             }
             KIND_STAGED
+        }
+        Record::Images(t) => {
+            w.u32(t.next_vnode);
+            w.u32(count(t.images.len(), "image count")?);
+            for (name, e) in &t.images {
+                w.u32(e.vnode);
+                w.u32(e.unique);
+                w.u64(e.size);
+                w.str(name, "image name")?;
+            }
+            KIND_IMAGES
         }
     };
     let body = w.0;
@@ -461,6 +533,30 @@ pub fn decode(bytes: &[u8]) -> Result<Record, VolfileError> {
                 });
             }
             Record::Staged(writes)
+        }
+        KIND_IMAGES => {
+            let f = Reader::new(r.take(IT_FIXED, "image table header")?);
+            let next_vnode = f.u32_at(IT_NEXT_VNODE);
+            let n = f.u32_at(IT_COUNT);
+            let mut images = BTreeMap::new();
+            let mut last: Option<String> = None;
+            for _ in 0..n {
+                let e = Reader::new(r.take(ITE_FIXED, "image entry")?);
+                let name = r.str("image name")?;
+                if last.as_ref().is_some_and(|l| *l >= name) {
+                    return Err(VolfileError::Unordered { what: "images" });
+                }
+                last = Some(name.clone());
+                images.insert(
+                    name,
+                    ImageEntry {
+                        vnode: e.u32_at(ITE_VNODE),
+                        unique: e.u32_at(ITE_UNIQUE),
+                        size: e.u64_at(ITE_SIZE),
+                    },
+                );
+            }
+            Record::Images(ImageTable { next_vnode, images })
         }
         kind => return Err(VolfileError::UnknownKind { kind }),
     };

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use volume::volfile::{
-    decode, encode, encode_spec, PoolEntry, PoolTable, Record, StagedWrite, VolfileError, MAGIC,
+    decode, encode, encode_spec, ImageEntry, ImageTable, PoolEntry, PoolTable, Record, StagedWrite,
+    VolfileError, MAGIC,
 };
 use volume::{VolumeKind, VolumeSpec, VolumeState};
 
@@ -205,6 +206,21 @@ fn arb_record() -> impl Strategy<Value = Record> {
             0..4
         )
         .prop_map(Record::Staged),
+        (
+            any::<u32>(),
+            prop::collection::btree_map(
+                arb_name(),
+                (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(vnode, unique, size)| {
+                    ImageEntry {
+                        vnode,
+                        unique,
+                        size,
+                    }
+                }),
+                0..6,
+            ),
+        )
+            .prop_map(|(next_vnode, images)| Record::Images(ImageTable { next_vnode, images })),
     ]
 }
 
@@ -235,7 +251,7 @@ proptest! {
         let _ = decode(&bytes);
         // With a valid header around an arbitrary body as well.
         let mut head = b"SVOL\x01\x00".to_vec();
-        head.extend_from_slice(&[(bytes.len() % 4) as u8 + 1, 0]);
+        head.extend_from_slice(&[(bytes.len() % 5) as u8 + 1, 0]);
         head.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         let crc = crc32c_of(&head, &bytes);
         head.extend_from_slice(&crc.to_le_bytes());
