@@ -39,8 +39,12 @@ fn build() -> Result<(String, ExportSet), String> {
                 let v = val()?;
                 let (name, size) = v.split_once(':').ok_or("--memory NAME:SIZE")?;
                 let size = parse_size(size)?;
-                set.add(name, format!("memory export of {size} bytes"), Arc::new(MemoryExport::new(size)))
-                    .map_err(|e| e.to_string())?;
+                set.add(
+                    name,
+                    format!("memory export of {size} bytes"),
+                    Arc::new(MemoryExport::new(size)),
+                )
+                .map_err(|e| e.to_string())?;
             }
             "--file" => {
                 let v = val()?;
@@ -59,8 +63,12 @@ fn build() -> Result<(String, ExportSet), String> {
         }
     }
     if set.is_empty() {
-        set.add("mem", "memory export of 64 MiB", Arc::new(MemoryExport::new(64 << 20)))
-            .map_err(|e| e.to_string())?;
+        set.add(
+            "mem",
+            "memory export of 64 MiB",
+            Arc::new(MemoryExport::new(64 << 20)),
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok((listen, set))
 }
@@ -85,10 +93,16 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or(listen);
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or(listen);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {

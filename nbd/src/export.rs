@@ -180,7 +180,9 @@ pub trait Export: Send + Sync + 'static {
 
     /// Discards a range (its contents become unspecified).
     fn trim(&self, _offset: u64, _length: u32, _fua: bool) -> ExportFuture<'_, ()> {
-        Box::pin(std::future::ready(Err(ExportError::Unsupported { op: "trim" })))
+        Box::pin(std::future::ready(Err(ExportError::Unsupported {
+            op: "trim",
+        })))
     }
 
     /// `write_zeroes` with `fast` is honoured (never slower than a write).

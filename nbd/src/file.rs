@@ -42,8 +42,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn fallocate(file: &File, mode: libc::c_int, offset: u64, length: u64) -> io::Result<()> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let len = libc::off_t::try_from(length).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let len =
+        libc::off_t::try_from(length).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: fallocate on a descriptor we own, with plain integer arguments;
     // no memory is passed to the kernel.
     let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
@@ -56,7 +58,8 @@ fn fallocate(file: &File, mode: libc::c_int, offset: u64, length: u64) -> io::Re
 
 /// `lseek(SEEK_DATA|SEEK_HOLE)`; `Ok(None)` for ENXIO (no more data after offset).
 fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let off =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: lseek on a descriptor we own. It moves the shared file offset,
     // which nothing here relies on (all data I/O is positional).
     let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
@@ -278,10 +281,16 @@ impl Export for FileExport {
         let file = self.file.clone();
         let len = u64::from(length);
         Box::pin(blocking("cache", offset, len, move || {
-            let off = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            let off = libc::off_t::try_from(offset)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
             // SAFETY: posix_fadvise on a descriptor we own, integer arguments only.
             let r = unsafe {
-                libc::posix_fadvise(file.as_raw_fd(), off, len as libc::off_t, libc::POSIX_FADV_WILLNEED)
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    off,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
             };
             // Advice only: a refusal is not an error for the client.
             let _ = r;

@@ -207,7 +207,8 @@ impl Handshake {
     }
 
     fn transmission_flags(&self, export: &dyn Export) -> u16 {
-        let mut f = TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_SEND_WRITE_ZEROES | TF_SEND_CACHE;
+        let mut f =
+            TF_HAS_FLAGS | TF_SEND_FLUSH | TF_SEND_FUA | TF_SEND_WRITE_ZEROES | TF_SEND_CACHE;
         if export.is_read_only() {
             f |= TF_READ_ONLY;
         }
@@ -227,7 +228,12 @@ impl Handshake {
     }
 
     /// Handles one option; `Some` ends the handshake.
-    fn on_option(&mut self, exports: &ExportSet, option: u32, data: &[u8]) -> Option<HandshakeStep> {
+    fn on_option(
+        &mut self,
+        exports: &ExportSet,
+        option: u32,
+        data: &[u8],
+    ) -> Option<HandshakeStep> {
         if self.shutting_down {
             if option == OPT_EXPORT_NAME {
                 return Some(self.close(HandshakeClose::Shutdown));
@@ -272,7 +278,11 @@ impl Handshake {
             OPT_INFO | OPT_GO => self.on_info(exports, option, data),
             OPT_STRUCTURED_REPLY => {
                 if !data.is_empty() {
-                    self.error(option, REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+                    self.error(
+                        option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_STRUCTURED_REPLY takes no data",
+                    );
                     return None;
                 }
                 self.structured = true;

@@ -264,9 +264,7 @@ impl Transmission {
                     return Some(Action::Reply(reply));
                 }
                 State::Header => {
-                    let Some(raw) = self.available().get(..REQUEST_LEN) else {
-                        return None;
-                    };
+                    let raw = self.available().get(..REQUEST_LEN)?;
                     let mut hdr = [0u8; REQUEST_LEN];
                     hdr.copy_from_slice(raw);
                     self.pos += REQUEST_LEN;
@@ -335,9 +333,11 @@ impl Transmission {
         let in_range = end.is_some_and(|e| e <= p.size);
         let read_only = p.flags & TF_READ_ONLY != 0;
         match h.kind {
-            CMD_READ | CMD_WRITE if h.length > p.max_request => {
-                refuse(self, errno::EOVERFLOW, "request larger than the maximum block size")
-            }
+            CMD_READ | CMD_WRITE if h.length > p.max_request => refuse(
+                self,
+                errno::EOVERFLOW,
+                "request larger than the maximum block size",
+            ),
             CMD_WRITE | CMD_TRIM | CMD_WRITE_ZEROES if read_only => {
                 refuse(self, errno::EPERM, "export is read-only")
             }
@@ -508,7 +508,13 @@ impl ReplyEncoder {
 
     /// base:allocation extents for a request of `length` bytes. Extents are
     /// clipped to the request; zero-length extents are dropped.
-    pub fn block_status(&self, handle: u64, length: u32, extents: &[Extent], req_one: bool) -> Vec<u8> {
+    pub fn block_status(
+        &self,
+        handle: u64,
+        length: u32,
+        extents: &[Extent],
+        req_one: bool,
+    ) -> Vec<u8> {
         let mut descs: Vec<(u32, u32)> = Vec::new();
         let mut covered = 0u32;
         for e in extents {

@@ -9,13 +9,17 @@ use proptest::prelude::*;
 
 fn set() -> ExportSet {
     let mut s = ExportSet::new();
-    s.add("a", "export a", Arc::new(MemoryExport::new(1 << 16))).unwrap();
+    s.add("a", "export a", Arc::new(MemoryExport::new(1 << 16)))
+        .unwrap();
     s
 }
 
 /// Random bytes with a valid prefix now and then, so deeper states are reached.
 fn handshake_input() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    let option = (any::<u32>().prop_map(|o| o % 12), proptest::collection::vec(any::<u8>(), 0..64))
+    let option = (
+        any::<u32>().prop_map(|o| o % 12),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
         .prop_map(|(o, d)| {
             let mut v = IHAVEOPT.to_be_bytes().to_vec();
             v.extend_from_slice(&o.to_be_bytes());
@@ -31,8 +35,14 @@ fn handshake_input() -> impl Strategy<Value = Vec<Vec<u8>>> {
 }
 
 fn transmission_input() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    let header = (any::<u16>(), any::<u16>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
-        |(flags, kind, handle, offset, length)| {
+    let header = (
+        any::<u16>(),
+        any::<u16>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u32>(),
+    )
+        .prop_map(|(flags, kind, handle, offset, length)| {
             RequestHeader {
                 flags: flags % 64,
                 kind: kind % 10,
@@ -42,8 +52,7 @@ fn transmission_input() -> impl Strategy<Value = Vec<Vec<u8>>> {
             }
             .encode()
             .to_vec()
-        },
-    );
+        });
     let piece = prop_oneof![proptest::collection::vec(any::<u8>(), 0..64), header];
     proptest::collection::vec(piece, 0..16)
 }

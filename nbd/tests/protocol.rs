@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use nbd::wire::{self, *};
 use nbd::{
-    Action, Extent, ExportSet, Handshake, HandshakeClose, HandshakeStep, MemoryExport, Op, Params,
+    Action, ExportSet, Extent, Handshake, HandshakeClose, HandshakeStep, MemoryExport, Op, Params,
     ReadData, ReplyEncoder, Transmission,
 };
 
 fn exports() -> ExportSet {
     let mut s = ExportSet::new();
-    s.add("disk", "the disk", Arc::new(MemoryExport::new(1 << 20))).unwrap();
-    s.add("other", "", Arc::new(MemoryExport::new(4096))).unwrap();
+    s.add("disk", "the disk", Arc::new(MemoryExport::new(1 << 20)))
+        .unwrap();
+    s.add("other", "", Arc::new(MemoryExport::new(4096)))
+        .unwrap();
     s
 }
 
@@ -49,7 +51,10 @@ fn meta_data(name: &str, queries: &[&str]) -> Vec<u8> {
 fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
     let mut out = Vec::new();
     while !b.is_empty() {
-        assert_eq!(u64::from_be_bytes(b[0..8].try_into().unwrap()), OPT_REPLY_MAGIC);
+        assert_eq!(
+            u64::from_be_bytes(b[0..8].try_into().unwrap()),
+            OPT_REPLY_MAGIC
+        );
         let o = u32::from_be_bytes(b[8..12].try_into().unwrap());
         let t = u32::from_be_bytes(b[12..16].try_into().unwrap());
         let n = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
@@ -82,7 +87,10 @@ fn refuses_non_fixed_and_unknown_client_flags() {
         let set = exports();
         let mut hs = Handshake::new();
         hs.feed(&flags.to_be_bytes());
-        assert_eq!(hs.step(&set), HandshakeStep::Close(HandshakeClose::BadClientFlags(flags)));
+        assert_eq!(
+            hs.step(&set),
+            HandshakeStep::Close(HandshakeClose::BadClientFlags(flags))
+        );
     }
 }
 
@@ -93,7 +101,9 @@ fn export_name_with_and_without_zeroes() {
         hs.take_output();
         hs.feed(&opt(OPT_EXPORT_NAME, b"disk"));
         hs.feed(&[1, 2, 3]); // pipelined bytes survive into transmission
-        let HandshakeStep::Done(n) = hs.step(&set) else { panic!("not done") };
+        let HandshakeStep::Done(n) = hs.step(&set) else {
+            panic!("not done")
+        };
         let out = hs.take_output();
         assert_eq!(out.len(), 10 + pad);
         assert_eq!(&out[0..8], &(1u64 << 20).to_be_bytes());
@@ -112,10 +122,15 @@ fn export_name_with_and_without_zeroes() {
 fn export_name_unknown_closes_and_default_is_first() {
     let (mut hs, set) = started(1);
     hs.feed(&opt(OPT_EXPORT_NAME, b"nope"));
-    assert_eq!(hs.step(&set), HandshakeStep::Close(HandshakeClose::UnknownExport("nope".into())));
+    assert_eq!(
+        hs.step(&set),
+        HandshakeStep::Close(HandshakeClose::UnknownExport("nope".into()))
+    );
     let (mut hs, set) = started(3);
     hs.feed(&opt(OPT_EXPORT_NAME, b""));
-    let HandshakeStep::Done(n) = hs.step(&set) else { panic!() };
+    let HandshakeStep::Done(n) = hs.step(&set) else {
+        panic!()
+    };
     assert_eq!(n.export_name, "disk");
 }
 
@@ -143,7 +158,10 @@ fn list_abort_unsupported_and_invalid() {
     assert_eq!(r.len(), 7);
     hs.feed(&opt(OPT_ABORT, b""));
     assert_eq!(hs.step(&set), HandshakeStep::Close(HandshakeClose::Abort));
-    assert_eq!(replies(&hs.take_output()), vec![(OPT_ABORT, REP_ACK, vec![])]);
+    assert_eq!(
+        replies(&hs.take_output()),
+        vec![(OPT_ABORT, REP_ACK, vec![])]
+    );
 }
 
 #[test]
@@ -167,7 +185,10 @@ fn info_then_go_with_block_size_name_and_description() {
     let (mut hs, set) = started(1);
     hs.feed(&opt(OPT_INFO, &name_data("nope", &[])));
     hs.feed(&opt(OPT_INFO, &[0, 0, 0, 9, b'd'])); // name length past the data
-    hs.feed(&opt(OPT_INFO, &name_data("disk", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE])));
+    hs.feed(&opt(
+        OPT_INFO,
+        &name_data("disk", &[INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE]),
+    ));
     assert_eq!(hs.step(&set), HandshakeStep::NeedMore);
     let r = replies(&hs.take_output());
     assert_eq!((r[0].0, r[0].1), (OPT_INFO, REP_ERR_UNKNOWN));
@@ -184,8 +205,14 @@ fn info_then_go_with_block_size_name_and_description() {
     export.extend_from_slice(&(1u64 << 20).to_be_bytes());
     export.extend_from_slice(&flags.to_be_bytes());
     assert_eq!(r[2], (OPT_INFO, REP_INFO, export));
-    assert_eq!(r[3], (OPT_INFO, REP_INFO, [&[0u8, 1][..], b"disk"].concat()));
-    assert_eq!(r[4], (OPT_INFO, REP_INFO, [&[0u8, 2][..], b"the disk"].concat()));
+    assert_eq!(
+        r[3],
+        (OPT_INFO, REP_INFO, [&[0u8, 1][..], b"disk"].concat())
+    );
+    assert_eq!(
+        r[4],
+        (OPT_INFO, REP_INFO, [&[0u8, 2][..], b"the disk"].concat())
+    );
     let mut bs = vec![0, 3];
     for v in [1u32, 4096, 32 << 20] {
         bs.extend_from_slice(&v.to_be_bytes());
@@ -194,7 +221,9 @@ fn info_then_go_with_block_size_name_and_description() {
     assert_eq!(r[6], (OPT_INFO, REP_ACK, vec![]));
     hs.feed(&opt(OPT_STRUCTURED_REPLY, b""));
     hs.feed(&opt(OPT_GO, &name_data("other", &[])));
-    let HandshakeStep::Done(n) = hs.step(&set) else { panic!() };
+    let HandshakeStep::Done(n) = hs.step(&set) else {
+        panic!()
+    };
     assert!(n.structured);
     assert_eq!(n.size, 4096);
     assert_ne!(n.flags & TF_SEND_DF, 0);
@@ -204,14 +233,26 @@ fn info_then_go_with_block_size_name_and_description() {
 #[test]
 fn meta_contexts_need_structured_and_follow_the_export() {
     let (mut hs, set) = started(1);
-    hs.feed(&opt(OPT_SET_META_CONTEXT, &meta_data("disk", &[BASE_ALLOCATION])));
+    hs.feed(&opt(
+        OPT_SET_META_CONTEXT,
+        &meta_data("disk", &[BASE_ALLOCATION]),
+    ));
     assert_eq!(hs.step(&set), HandshakeStep::NeedMore);
     assert_eq!(replies(&hs.take_output())[0].1, REP_ERR_INVALID);
     hs.feed(&opt(OPT_STRUCTURED_REPLY, b""));
     hs.feed(&opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &[])));
-    hs.feed(&opt(OPT_LIST_META_CONTEXT, &meta_data("disk", &["qemu:dirty-bitmap:x"])));
-    hs.feed(&opt(OPT_SET_META_CONTEXT, &meta_data("nope", &[BASE_ALLOCATION])));
-    hs.feed(&opt(OPT_SET_META_CONTEXT, &meta_data("disk", &["x-foo:bar", BASE_ALLOCATION])));
+    hs.feed(&opt(
+        OPT_LIST_META_CONTEXT,
+        &meta_data("disk", &["qemu:dirty-bitmap:x"]),
+    ));
+    hs.feed(&opt(
+        OPT_SET_META_CONTEXT,
+        &meta_data("nope", &[BASE_ALLOCATION]),
+    ));
+    hs.feed(&opt(
+        OPT_SET_META_CONTEXT,
+        &meta_data("disk", &["x-foo:bar", BASE_ALLOCATION]),
+    ));
     assert_eq!(hs.step(&set), HandshakeStep::NeedMore);
     let r = replies(&hs.take_output());
     let ctx = |id: u32| [&id.to_be_bytes()[..], BASE_ALLOCATION.as_bytes()].concat();
@@ -226,12 +267,19 @@ fn meta_contexts_need_structured_and_follow_the_export() {
     let mut other = Handshake::new();
     other.feed(&1u32.to_be_bytes());
     other.feed(&opt(OPT_STRUCTURED_REPLY, b""));
-    other.feed(&opt(OPT_SET_META_CONTEXT, &meta_data("disk", &[BASE_ALLOCATION])));
+    other.feed(&opt(
+        OPT_SET_META_CONTEXT,
+        &meta_data("disk", &[BASE_ALLOCATION]),
+    ));
     other.feed(&opt(OPT_GO, &name_data("other", &[])));
-    let HandshakeStep::Done(n) = other.step(&set) else { panic!() };
+    let HandshakeStep::Done(n) = other.step(&set) else {
+        panic!()
+    };
     assert_eq!(n.base_allocation, None);
     hs.feed(&opt(OPT_GO, &name_data("disk", &[])));
-    let HandshakeStep::Done(n) = hs.step(&set) else { panic!() };
+    let HandshakeStep::Done(n) = hs.step(&set) else {
+        panic!()
+    };
     assert_eq!(n.base_allocation, Some(1));
 }
 
@@ -243,7 +291,10 @@ fn shutdown_refuses_options() {
     assert_eq!(hs.step(&set), HandshakeStep::NeedMore);
     assert_eq!(replies(&hs.take_output())[0].1, REP_ERR_SHUTDOWN);
     hs.feed(&opt(OPT_EXPORT_NAME, b"disk"));
-    assert_eq!(hs.step(&set), HandshakeStep::Close(HandshakeClose::Shutdown));
+    assert_eq!(
+        hs.step(&set),
+        HandshakeStep::Close(HandshakeClose::Shutdown)
+    );
 }
 
 // ---- transmission ----
@@ -287,7 +338,13 @@ fn reply_of(a: Option<Action>) -> Vec<u8> {
 
 #[test]
 fn request_header_layout() {
-    let b = req(CMD_WRITE, CMD_FLAG_FUA, 0x0102030405060708, 0x1112131415161718, 0x21222324);
+    let b = req(
+        CMD_WRITE,
+        CMD_FLAG_FUA,
+        0x0102030405060708,
+        0x1112131415161718,
+        0x21222324,
+    );
     assert_eq!(
         b,
         [
@@ -316,7 +373,9 @@ fn write_payload_split_across_feeds() {
         },
         o => panic!("{o:?}"),
     }
-    assert!(matches!(t.poll(), Some(Action::Execute(c)) if c.handle == 10 && matches!(c.op, Op::Flush)));
+    assert!(
+        matches!(t.poll(), Some(Action::Execute(c)) if c.handle == 10 && matches!(c.op, Op::Flush))
+    );
     assert!(t.poll().is_none());
 }
 
@@ -411,7 +470,7 @@ fn structured_read_sends_holes_and_df_does_not() {
     data[..4096].fill(0x5a);
     let read = ReadData {
         data: iobuf::IoBuf::from_slice(&data),
-        holes: vec![4096..8192],
+        holes: std::iter::once(4096..8192).collect(),
     };
     let r = enc.read(7, 1000, &read, false);
     let mut d = 1000u64.to_be_bytes().to_vec();
@@ -432,7 +491,10 @@ fn structured_read_sends_holes_and_df_does_not() {
         structured: false,
         context_id: 0,
     };
-    assert_eq!(simple_enc.read(7, 0, &read, false), [simple(7, 0), data].concat());
+    assert_eq!(
+        simple_enc.read(7, 0, &read, false),
+        [simple(7, 0), data].concat()
+    );
 }
 
 #[test]
@@ -442,9 +504,21 @@ fn block_status_layout_clips_and_merges() {
         context_id: 1,
     };
     let ext = [
-        Extent { length: 100, hole: false, zero: false },
-        Extent { length: 50, hole: false, zero: false },
-        Extent { length: 1000, hole: true, zero: true },
+        Extent {
+            length: 100,
+            hole: false,
+            zero: false,
+        },
+        Extent {
+            length: 50,
+            hole: false,
+            zero: false,
+        },
+        Extent {
+            length: 1000,
+            hole: true,
+            zero: true,
+        },
     ];
     let r = enc.block_status(3, 200, &ext, false);
     let mut p = 1u32.to_be_bytes().to_vec();
