@@ -95,7 +95,6 @@ async fn run_connection(
 ) -> io::Result<&'static str> {
     let (mut rd, mut wr) = sock.into_split();
     let mut buf = vec![0u8; READ_CHUNK];
-    let mut shutting = false;
     let mut hs = Handshake::new();
     let negotiated = loop {
         let step = hs.step(exports);
@@ -116,10 +115,9 @@ async fn run_connection(
                 0 => return Ok("client left during handshake"),
                 n => hs.feed(&buf[..n]),
             },
-            _ = shutdown.changed(), if !shutting => {
-                shutting = true;
-                hs.begin_shutdown();
-            }
+            // A client still haggling has nothing in flight: close now rather
+            // than wait for its next option (it may never send one).
+            _ = shutdown.changed() => return Ok("server shutdown during handshake"),
         }
     };
     let Some(entry) = exports.get(&negotiated.export_name) else {
@@ -149,8 +147,8 @@ async fn run_connection(
     });
 
     let mut inflight = JoinSet::new();
-    if shutting || *shutdown.borrow() {
-        shutting = true;
+    let mut shutting = *shutdown.borrow();
+    if shutting {
         tx.begin_shutdown();
     }
     let mut flush_at_end = true;

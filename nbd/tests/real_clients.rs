@@ -528,6 +528,8 @@ fn shutdown_finishes_in_flight_and_flushes() {
     .unwrap();
     let mut srv = TestServer::start(set);
     let mut c = raw_connect(srv.addr, "file");
+    // A client that connects and never says anything must not hold shutdown up.
+    let mut idle = TcpStream::connect(srv.addr).unwrap();
     // Pipeline several writes, then wait for all their replies.
     for i in 0..8u64 {
         raw_request(&mut c, CMD_WRITE, i, i * 4096, 4096, &[i as u8 + 1; 4096]);
@@ -542,6 +544,8 @@ fn shutdown_finishes_in_flight_and_flushes() {
     handles.sort();
     assert_eq!(handles, (0..8).collect::<Vec<_>>());
     srv.stop().unwrap();
+    let mut greeting_and_rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut greeting_and_rest).unwrap_or(18), 18);
     // The server closed the connection and the data is in the file.
     let mut rest = Vec::new();
     assert_eq!(c.read_to_end(&mut rest).unwrap_or(0), 0);
