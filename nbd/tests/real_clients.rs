@@ -384,7 +384,8 @@ fn fio_random_writes_verify_crc32c() {
     .unwrap();
     let srv = TestServer::start(set);
     for export in ["mem", "file"] {
-        let out = stdout(Command::new("fio").args([
+        // fio writes a verify-state file into its working directory.
+        let out = stdout(Command::new("fio").current_dir(dir.path()).args([
             "--name=verify",
             "--ioengine=nbd",
             &format!("--uri={}", srv.uri(export)),
