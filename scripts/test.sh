@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     e2fsprogs   # mkfs/e2fsck for file-system checks
     fio         # object-store and NBD comparisons in bench/
+    fuse3       # fusermount3 for the nbdfuse ext4 test
+    libnbd-bin  # nbdinfo, nbdcopy, nbdsh (NBD real-client tests)
+    nbdfuse     # NBD export as a file, for loop + ext4 (NBD test)
+    python3-libnbd # nbdsh's python module
+    qemu-utils  # qemu-img, qemu-io (NBD real-client tests)
     iproute2    # network namespaces for partition tests
     procps      # pkill/pgrep-free process checks (ps)
 )
