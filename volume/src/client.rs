@@ -261,7 +261,7 @@ impl Object {
         let mut known = self.known_size.load(Ordering::Acquire);
         if known == u64::MAX {
             known = self.root.size(self.fid).await?;
-            self.known_size.fetch_min(known.max(0), Ordering::AcqRel);
+            self.known_size.fetch_min(known, Ordering::AcqRel);
             known = self.known_size.load(Ordering::Acquire);
         }
         if end > known {

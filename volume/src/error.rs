@@ -27,7 +27,7 @@ pub enum VolumeError {
         fid: Fid,
         offset: u64,
         #[source]
-        source: TransportError,
+        source: Box<TransportError>,
     },
     /// A brick answered with an error.
     #[error("volume {volume}: {op} of {fid} at {offset} on brick {brick}: {reply}")]

@@ -108,6 +108,9 @@ pub enum SplitBrainPolicy {
 /// Marks of one set: (chunk, region) → [(holder, target, count)].
 type Marked = BTreeMap<(ObjectId, u32), Vec<(usize, usize, u64)>>;
 
+/// The marked regions of one object: (chunk, region, marks).
+type ObjectRegions = Vec<(ObjectId, u32, Vec<(usize, usize, u64)>)>;
+
 async fn list_marks(set: &Replicate, volume: u32) -> (Marked, bool, bool) {
     let links = set.links();
     let up: Vec<usize> = (0..links.len()).filter(|&i| links[i].is_up()).collect();
@@ -211,8 +214,7 @@ async fn heal_set(
     let name = client.spec().name.clone();
     for _round in 0..MAX_ROUNDS {
         let (marked, more, _) = list_marks(set, volume).await;
-        let mut by_fid: BTreeMap<Fid, Vec<(ObjectId, u32, Vec<(usize, usize, u64)>)>> =
-            BTreeMap::new();
+        let mut by_fid: BTreeMap<Fid, ObjectRegions> = BTreeMap::new();
         for ((oid, region), marks) in marked {
             by_fid
                 .entry(Fid::of(&oid))

@@ -234,7 +234,7 @@ impl Replicate {
                 brick: self.links[i].addr().to_owned(),
                 fid,
                 offset,
-                source,
+                source: Box::new(source),
             },
             CallFail::Down => self.no_quorum(op, &self.up()),
         }

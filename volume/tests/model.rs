@@ -100,7 +100,7 @@ async fn random_ops_with_cuts_and_heals_match_the_model() {
                     model[off..off + len].copy_from_slice(&data);
                     size = size.max((off + len) as u64);
                 }
-                40..=49 | 50..=57 => {
+                40..=57 => {
                     let zero = rng.gen_bool(0.5);
                     let len = rng.gen_range(1..=512 << 10);
                     let off = rng.gen_range(0..=SPAN - len);

@@ -246,6 +246,8 @@ pub const CHILD_BRICK: &str = "STRETTO_TEST_CHILD_BRICK";
 impl ChildBrick {
     /// `test_name` is the test in this binary that calls
     /// [`child_brick_main`].
+    // The child is reaped by `kill9` (also on drop).
+    #[allow(clippy::zombie_processes)]
     pub fn start(test_name: &str, dir: &Path, listen: &str) -> ChildBrick {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
