@@ -162,6 +162,7 @@ impl Client {
             fid,
             known_size: Arc::new(AtomicU64::new(u64::MAX)),
             lease: None,
+            settled: 0,
         }
     }
 
@@ -176,9 +177,11 @@ impl Client {
             .root
             .lease(fid, LeaseAction::Acquire { duration_ms: ms })
             .await?;
+        let mut settled = 0;
         if out.unclean {
             for s in &self.sets {
                 let n = s.settle(fid).await?;
+                settled += n;
                 if n > 0 {
                     tracing::info!(volume = %self.spec.name, %fid, regions = n, "settled the regions a dead writer left active");
                 }
@@ -200,6 +203,7 @@ impl Client {
         .abort_handle();
         let mut o = self.object(fid);
         o.lease = Some(renew);
+        o.settled = settled;
         Ok(o)
     }
 
@@ -228,6 +232,8 @@ pub struct Object {
     known_size: Arc<AtomicU64>,
     /// The renewal task of the lease this handle holds.
     lease: Option<AbortHandle>,
+    /// Regions settled when the lease was taken over.
+    settled: usize,
 }
 
 impl std::fmt::Debug for Object {
@@ -243,6 +249,12 @@ impl Object {
     /// The object's name.
     pub fn fid(&self) -> Fid {
         self.fid
+    }
+
+    /// How many active regions a dead writer left that were made
+    /// identical across the replicas when this handle took the lease.
+    pub fn settled_regions(&self) -> usize {
+        self.settled
     }
 
     /// Reads `len` bytes at `offset` (zeros where nothing was written).

@@ -6,12 +6,22 @@
 //! the transport (`TcpClient` reconnects by itself). Each time the link goes
 //! `Up` its `ups` counter moves, so the replica layer knows to reload the
 //! pending marks that may now concern it.
+//!
+//! A brick that stops answering without closing its connection (hung,
+//! partitioned) costs one request timeout (the volume's `ping-timeout`):
+//! the first call that times out makes the link *suspect*, it counts as
+//! down from then on, and a background probe pings it until it answers
+//! again (then it is up, and `ups` moves).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use transport::{Channel, ClientOptions, ConnState, Payload, Request, Response, Secret, TcpClient};
+use transport::wire::Ping;
+use transport::{
+    Channel, ClientOptions, ConnState, Payload, Request, Response, Secret, TcpClient,
+    TransportError,
+};
 
 /// Why a call did not get a reply.
 #[derive(Debug)]
@@ -27,6 +37,8 @@ pub struct BrickLink {
     addr: String,
     chan: Mutex<Option<Arc<dyn Channel>>>,
     ups: Arc<AtomicU64>,
+    /// A call timed out: treated as down until a probe gets an answer.
+    suspect: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for BrickLink {
@@ -46,6 +58,7 @@ impl BrickLink {
             addr: addr.to_owned(),
             chan: Mutex::new(None),
             ups: Arc::new(AtomicU64::new(0)),
+            suspect: Arc::new(AtomicBool::new(false)),
         });
         match TcpClient::connect(addr, secret.clone(), opts.clone()).await {
             Ok(c) => link.install(Arc::new(c)),
@@ -65,6 +78,7 @@ impl BrickLink {
             addr: addr.to_owned(),
             chan: Mutex::new(None),
             ups: Arc::new(AtomicU64::new(0)),
+            suspect: Arc::new(AtomicBool::new(false)),
         });
         link.install(chan);
         link
@@ -95,7 +109,8 @@ impl BrickLink {
 
     /// Is the connection up now?
     pub fn is_up(&self) -> bool {
-        self.channel().is_some_and(|c| c.state() == ConnState::Up)
+        !self.suspect.load(Ordering::Acquire)
+            && self.channel().is_some_and(|c| c.state() == ConnState::Up)
     }
 
     /// How many times the link has come up.
@@ -112,16 +127,57 @@ impl BrickLink {
         let Some(chan) = self.channel() else {
             return Err(CallFail::Down);
         };
-        if chan.state() != ConnState::Up {
+        if chan.state() != ConnState::Up || self.suspect.load(Ordering::Acquire) {
             return Err(CallFail::Down);
         }
-        chan.call(req, payload).await.map_err(CallFail::Transport)
+        let r = chan.clone().call(req, payload).await;
+        if let Err(TransportError::Timeout { .. }) = &r {
+            if !self.suspect.swap(true, Ordering::AcqRel) {
+                tracing::warn!(brick = %self.addr, "brick did not answer within ping-timeout; going on without it");
+                tokio::spawn(probe(
+                    chan,
+                    self.suspect.clone(),
+                    self.ups.clone(),
+                    self.addr.clone(),
+                ));
+            }
+        }
+        r.map_err(CallFail::Transport)
     }
 
     /// Closes the connection (calls in flight finish).
     pub async fn close(&self) {
         if let Some(c) = self.channel() {
             c.close().await;
+        }
+    }
+}
+
+/// Pings a suspect brick until it answers, then lets it back in.
+async fn probe(
+    chan: Arc<dyn Channel>,
+    suspect: Arc<AtomicBool>,
+    ups: Arc<AtomicU64>,
+    addr: String,
+) {
+    let mut token = 1u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if Arc::strong_count(&suspect) == 1 {
+            return;
+        }
+        token += 1;
+        if chan.state() != ConnState::Up {
+            continue;
+        }
+        if let Ok((Response::Pong(_), _)) = chan
+            .call(Request::Ping(Ping { token }), Payload::None)
+            .await
+        {
+            tracing::info!(brick = %addr, "brick answers again");
+            suspect.store(false, Ordering::Release);
+            ups.fetch_add(1, Ordering::AcqRel);
+            return;
         }
     }
 }

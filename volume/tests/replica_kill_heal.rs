@@ -122,3 +122,70 @@ async fn sigkill_mid_write_then_heal_copies_only_what_was_missed() {
     assert!(got == data);
     client.close().await;
 }
+
+/// A brick that hangs (SIGSTOP: its connection stays open, nothing
+/// answers) costs one `ping-timeout`; the writes go on without it, it comes
+/// back by itself after SIGCONT, and heal catches it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_brick_costs_one_ping_timeout_then_rejoins() {
+    let pool = Pool::new();
+    let dirs: Vec<_> = (0..3).map(|i| pool.init_brick(i)).collect();
+    let bricks: Vec<ChildBrick> = dirs
+        .iter()
+        .map(|d| ChildBrick::start("child_brick", d, "127.0.0.1:0"))
+        .collect();
+    let addrs: Vec<String> = bricks.iter().map(|b| b.addr.to_string()).collect();
+    let mut spec = spec(
+        8,
+        VolumeKind::Replicate { replica: 3 },
+        addrs.clone(),
+        CHUNK,
+    );
+    spec.options.insert("ping-timeout".into(), "1".into());
+    let client = Client::connect_spec(spec, pool.secret.clone(), client_opts())
+        .await
+        .expect("connect");
+    let fid = Fid {
+        volume: 8,
+        vnode: 1,
+        unique: 1,
+    };
+    let total = 8 << 20;
+    let data = bytes(8, total);
+    let obj = client.object(fid);
+    let hung = bricks[1].child.id() as i32;
+    for i in 0..total / WRITE {
+        if i == 3 {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(hung, libc::SIGSTOP) };
+        }
+        obj.write((i * WRITE) as u64, &data[i * WRITE..(i + 1) * WRITE])
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+        if i == 3 {
+            assert!(
+                !client.links()[1].is_up(),
+                "a brick that timed out is not up"
+            );
+        }
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(hung, libc::SIGCONT) };
+    let link = client.links()[1].clone();
+    wait_until("the hung brick to answer again", || link.is_up()).await;
+    let report = heal_with(&client, |_| {}).await.expect("heal");
+    println!(
+        "hung brick: heal copied {} bytes of {total}",
+        report.bytes_copied
+    );
+    assert!(report.bytes_copied >= ((total / WRITE - 4) * WRITE) as u64);
+    assert!(report.bytes_copied <= total as u64);
+    for chunk in 0..(total as u64 / CHUNK) {
+        let want = &data[(chunk * CHUNK) as usize..((chunk + 1) * CHUNK) as usize];
+        for a in &addrs {
+            let (c, _) = brick_chunk(a, &pool.secret, fid.chunk(chunk), CHUNK).await;
+            assert!(c == want, "brick {a} chunk {chunk} differs");
+        }
+    }
+    client.close().await;
+}
