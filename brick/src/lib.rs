@@ -10,6 +10,8 @@
 //! client side): a brick stores chunks, records and configurations it is given.
 
 pub mod layout;
+pub mod lease;
+pub mod marks;
 pub mod server;
 pub mod stats;
 

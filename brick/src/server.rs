@@ -26,6 +26,8 @@ use transport::{
 };
 
 use crate::layout::{self, BrickDir, BrickInfo};
+use crate::lease::Leases;
+use crate::marks::Marks;
 use crate::stats::{Counters, StatsReport};
 use crate::BrickError;
 
@@ -44,6 +46,8 @@ pub struct Brick {
     rvm: Arc<Rvm>,
     store: ObjectStore,
     volconfig: PMap,
+    leases: Leases,
+    marks: Marks,
     counters: Counters,
 }
 
@@ -102,6 +106,8 @@ impl Brick {
         };
         let meta = Arc::new(RvmChunkMeta::open(rvm.clone()).map_err(rvm_err)?);
         let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
+        let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
+        let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
         let store = ObjectStore::open(dir, meta, StoreOptions::default()).map_err(|source| {
             BrickError::Store {
                 path: dir.to_path_buf(),
@@ -114,6 +120,8 @@ impl Brick {
             rvm,
             store,
             volconfig,
+            leases,
+            marks,
             counters: Counters::default(),
         })
     }
@@ -197,6 +205,11 @@ impl Brick {
             Ok(buf) => buf,
             Err(e) => return err(ErrorCode::Invalid, e.to_string()),
         };
+        // Fencing: checked after the data is in (the stream must be drained
+        // either way), before anything touches the disk.
+        if let Err((code, msg)) = self.leases.check(&w.object, w.epoch) {
+            return err(code, msg);
+        }
         let len = buf.len() as u32;
         let (res, _buf) = self.store.write(chunk_of(&w.object), w.offset, buf).await;
         if let Err(e) = res {
@@ -305,6 +318,18 @@ impl Brick {
     }
 
     async fn dispatch(&self, req: Request, payload: &mut ServerPayload) -> Response {
+        // Fencing for the changes that carry no data (a write is checked
+        // once its data is off the stream).
+        let fence = match &req {
+            Request::Punch(r) | Request::Zero(r) => Some((r.object, r.epoch)),
+            Request::Remove(r) => Some((r.object, r.epoch)),
+            _ => None,
+        };
+        if let Some((object, epoch)) = fence {
+            if let Err((code, msg)) = self.leases.check(&object, epoch) {
+                return err(code, msg);
+            }
+        }
         match req {
             Request::Ping(p) => Response::Pong(p),
             Request::Read(r) => self.read(r, payload).await,
@@ -333,6 +358,14 @@ impl Brick {
             Request::GetVolConfig(g) => self.get_volconfig(&g),
             Request::PutVolConfig(p) => self.put_volconfig(p),
             Request::BrickStats => self.brick_stats(),
+            Request::Lease(l) => match self.leases.handle(&l) {
+                Ok(reply) => Response::Lease(reply),
+                Err((code, msg)) => err(code, msg),
+            },
+            Request::Marks(m) => match self.marks.handle(&m) {
+                Ok(reply) => Response::Marks(reply),
+                Err((code, msg)) => err(code, msg),
+            },
             Request::Hello(_) | Request::Auth(_) => {
                 err(ErrorCode::Invalid, "already authenticated")
             }

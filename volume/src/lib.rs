@@ -6,12 +6,29 @@
 //! - [`spec`]: the volume description as a value.
 //! - [`volfile`]: its byte encoding and how it is stored on bricks.
 //! - [`manage`]: `stretto volume create | start | stop | delete | info | status | set | get`.
+//! - [`xlator`]: the translator interface ("an object at byte offsets"),
+//!   chunking and placement.
+//! - [`replicate`], [`distribute`]: the layout translators.
+//! - [`client`]: connect to a volume, get object handles.
+//! - [`heal`]: self-heal from pending marks, heal info, split-brain.
 //!
 //! It must never import `nbd` or `fuse-client` (they sit above it), nor
 //! `brick` or `storage` (a client reaches bricks only through `transport`).
 
+pub mod client;
+pub mod distribute;
+pub mod error;
+pub mod heal;
+pub mod link;
 pub mod manage;
+pub mod replicate;
 pub mod spec;
 pub mod volfile;
+pub mod xlator;
 
+pub use client::{Client, Object};
+pub use distribute::Distribute;
+pub use error::{Result, VolumeError};
+pub use replicate::{Quorum, Replicate};
 pub use spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_CHUNK_SIZE};
+pub use xlator::{Fid, LeaseAction, LeaseOutcome, Translator};

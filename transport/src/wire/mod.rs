@@ -37,8 +37,10 @@
 //! ([`BodyError`]) leaves the framing intact: the receiver answers it with an
 //! error reply and carries on.
 
+mod ha;
 mod msg;
 
+pub use ha::*;
 pub use msg::*;
 
 use thiserror::Error;

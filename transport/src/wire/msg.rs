@@ -10,6 +10,7 @@
 //! [`DataRef`], and the frame header's `data_len` must equal the inline length
 //! it names.
 
+use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
 
@@ -32,6 +33,10 @@ pub enum Opcode {
     GetVolConfig = 0x20,
     PutVolConfig = 0x21,
     BrickStats = 0x30,
+    /// Write lease on an object (see `wire::ha`).
+    Lease = 0x40,
+    /// Pending and active region marks (see `wire::ha`).
+    Marks = 0x41,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -54,6 +59,8 @@ impl Opcode {
             0x20 => GetVolConfig,
             0x21 => PutVolConfig,
             0x30 => BrickStats,
+            0x40 => Lease,
+            0x41 => Marks,
             0x7f => Error,
             _ => return None,
         })
@@ -132,7 +139,7 @@ impl ObjectId {
     const RESERVED: usize = 12;
     const CHUNK: usize = 16;
 
-    fn put(&self, b: &mut [u8], at: usize) {
+    pub(super) fn put(&self, b: &mut [u8], at: usize) {
         put_u32(b, at + Self::VOLUME, self.volume);
         put_u32(b, at + Self::VNODE, self.vnode);
         put_u32(b, at + Self::UNIQUE, self.unique);
@@ -140,7 +147,7 @@ impl ObjectId {
         put_u64(b, at + Self::CHUNK, self.chunk);
     }
 
-    fn get(b: &[u8], at: usize, opcode: Opcode) -> Result<ObjectId, BodyError> {
+    pub(super) fn get(b: &[u8], at: usize, opcode: Opcode) -> Result<ObjectId, BodyError> {
         if get_u32(b, at + Self::RESERVED) != 0 {
             return Err(BodyError::Reserved {
                 opcode,
@@ -706,6 +713,8 @@ pub enum Request {
     GetVolConfig(GetVolConfig),
     PutVolConfig(PutVolConfig),
     BrickStats,
+    Lease(LeaseReq),
+    Marks(MarksReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
@@ -729,6 +738,8 @@ pub enum Response {
         generation: u64,
     },
     BrickStats(BrickStats),
+    Lease(LeaseReply),
+    Marks(MarksReply),
     Error(ErrorReply),
 }
 
@@ -848,6 +859,8 @@ impl Request {
             Request::GetVolConfig(_) => Opcode::GetVolConfig,
             Request::PutVolConfig(_) => Opcode::PutVolConfig,
             Request::BrickStats => Opcode::BrickStats,
+            Request::Lease(_) => Opcode::Lease,
+            Request::Marks(_) => Opcode::Marks,
         }
     }
 
@@ -926,6 +939,8 @@ impl Request {
                 out.extend_from_slice(&p.config);
             }
             Request::BrickStats => {}
+            Request::Lease(l) => l.encode(out),
+            Request::Marks(m) => m.encode(out),
         }
     }
 
@@ -1014,6 +1029,8 @@ impl Request {
                 expect_len(op, b, 0)?;
                 Request::BrickStats
             }
+            Opcode::Lease => Request::Lease(LeaseReq::decode(b)?),
+            Opcode::Marks => Request::Marks(MarksReq::decode(b)?),
             Opcode::Error => return Err(BodyError::NotARequest { opcode: op }),
         };
         check_data_len(op, data_len, req.inline_data_len())?;
@@ -1038,6 +1055,8 @@ impl Response {
             Response::VolConfig(_) => Opcode::GetVolConfig,
             Response::VolConfigStored { .. } => Opcode::PutVolConfig,
             Response::BrickStats(_) => Opcode::BrickStats,
+            Response::Lease(_) => Opcode::Lease,
+            Response::Marks(_) => Opcode::Marks,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1119,6 +1138,8 @@ impl Response {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
             }
+            Response::Lease(l) => l.encode(out),
+            Response::Marks(m) => m.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1223,6 +1244,8 @@ impl Response {
                 }
                 Response::BrickStats(BrickStats::from_fields(f))
             }
+            Opcode::Lease => Response::Lease(LeaseReply::decode(b)?),
+            Opcode::Marks => Response::Marks(MarksReply::decode(b)?),
             Opcode::Error => {
                 if b.len() < ER_FIXED {
                     return Err(BodyError::Length {

@@ -1,0 +1,84 @@
+//! The volume client's errors: each says which volume, and where it can,
+//! which brick, object and offset.
+
+use thiserror::Error;
+use transport::{ErrorReply, TransportError};
+
+use crate::xlator::Fid;
+
+/// What went wrong with a volume operation.
+#[derive(Debug, Error)]
+pub enum VolumeError {
+    /// Too few bricks of a replica set are up (or took the change).
+    #[error("volume {volume}: {op} needs {need} of {set} bricks, {up} up")]
+    NoQuorum {
+        volume: String,
+        op: &'static str,
+        need: usize,
+        set: usize,
+        up: usize,
+    },
+    /// A brick could not be reached or did not answer in time.
+    #[error("volume {volume}: {op} of {fid} at {offset} on brick {brick}: {source}")]
+    Transport {
+        volume: String,
+        op: &'static str,
+        brick: String,
+        fid: Fid,
+        offset: u64,
+        #[source]
+        source: Box<TransportError>,
+    },
+    /// A brick answered with an error.
+    #[error("volume {volume}: {op} of {fid} at {offset} on brick {brick}: {reply}")]
+    Brick {
+        volume: String,
+        op: &'static str,
+        brick: String,
+        fid: Fid,
+        offset: u64,
+        reply: ErrorReply,
+    },
+    /// This client's lease on the object is gone: a newer writer holds it
+    /// and the bricks refuse our epoch.
+    #[error("volume {volume}: {fid}: fenced, the lease now belongs to a newer writer ({detail})")]
+    Fenced {
+        volume: String,
+        fid: Fid,
+        detail: String,
+    },
+    /// Another writer holds the object's lease.
+    #[error("volume {volume}: {fid} is leased by another writer ({detail})")]
+    LeaseBusy {
+        volume: String,
+        fid: Fid,
+        detail: String,
+    },
+    /// Every brick that is up is marked stale for the range.
+    #[error(
+        "volume {volume}: no brick that is up has a good copy of {fid} chunk {chunk} at {offset}"
+    )]
+    NoGoodCopy {
+        volume: String,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+    },
+    /// A brick answered with a reply of the wrong kind.
+    #[error("volume {volume}: {op} on brick {brick}: unexpected reply {reply}")]
+    Protocol {
+        volume: String,
+        op: &'static str,
+        brick: String,
+        reply: String,
+    },
+    /// The volume description cannot be used.
+    #[error("volume {volume}: {reason}")]
+    Spec { volume: String, reason: String },
+    /// A split-brain policy names a brick that is not in the set.
+    #[error("volume {volume}: {reason}")]
+    Heal { volume: String, reason: String },
+}
+
+/// Result of volume operations.
+pub type Result<T, E = VolumeError> = std::result::Result<T, E>;

@@ -1,0 +1,1144 @@
+//! `Replicate`: one set of N bricks holding identical copies (GlusterFS
+//! AFR, reduced).
+//!
+//! - Changes (write, punch, zero) go to every brick of the set that is up,
+//!   in parallel; they succeed when a quorum took them. Before a change is
+//!   acknowledged, every brick that missed it is marked pending for the
+//!   change's regions on the bricks that took it (durably), so heal knows
+//!   what to copy and reads know whom to avoid.
+//! - Reads go to one brick that is up and that no one marks stale for the
+//!   range, spreading load round-robin over the good ones.
+//! - Leases: a writer holds the object's lease on a quorum of the set; its
+//!   changes carry each brick's epoch, and a brick refuses older epochs.
+//! - Activity log: under a lease, a region is marked active on the bricks
+//!   before its first change; after a takeover from a writer that did not
+//!   release cleanly, the new holder copies every active region from one
+//!   good brick to the others before it serves (see [`Replicate::settle`]).
+//!
+//! A dead brick costs one request timeout (`ping-timeout`) to the calls in
+//! flight to it; after that its link is not up and it is skipped until the
+//! transport reconnects.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use iobuf::IoBuf;
+use tokio::task::JoinSet;
+use transport::wire::{
+    DataRef, LeaseOp, LeaseReq, MarksOp, MarksReq, ObjectId, RangeReq, ReadReq, WriteReq, FLAG_FUA,
+    LEASE_UNCLEAN, REGION_SIZE,
+};
+use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
+
+use crate::error::{Result, VolumeError};
+use crate::link::{BrickLink, CallFail};
+use crate::spec::VolumeSpec;
+use crate::xlator::{split, Fid, LeaseAction, LeaseOutcome, Piece, Translator, SIZE_CHUNK};
+
+/// How many bricks of a set a change needs (`quorum-type`, `quorum-count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quorum {
+    /// Bricks that must take a change.
+    pub need: usize,
+    /// The first brick of the set must be among them (`auto` with an even
+    /// set: half the bricks make quorum only with the first one).
+    pub first_required: bool,
+}
+
+impl Quorum {
+    /// The quorum of a set of `n` bricks under `spec`'s options:
+    /// `quorum-type` `auto` (default: a majority; with an even `n`, half
+    /// including the first brick), `fixed` (`quorum-count` bricks) or
+    /// `none` (one brick).
+    pub fn from_spec(spec: &VolumeSpec, n: usize) -> Result<Quorum> {
+        let bad = |reason: String| VolumeError::Spec {
+            volume: spec.name.clone(),
+            reason,
+        };
+        match spec.option("quorum-type", "auto") {
+            "auto" => Ok(Quorum {
+                need: if n % 2 == 0 { n / 2 } else { n / 2 + 1 }.max(1),
+                first_required: n % 2 == 0,
+            }),
+            "none" => Ok(Quorum {
+                need: 1,
+                first_required: false,
+            }),
+            "fixed" => {
+                let c = spec.option("quorum-count", "");
+                let need: usize = c
+                    .parse()
+                    .map_err(|_| bad(format!("quorum-count {c:?} is not a number")))?;
+                if need == 0 || need > n {
+                    return Err(bad(format!("quorum-count {need} is not in 1..={n}")));
+                }
+                Ok(Quorum {
+                    need,
+                    first_required: false,
+                })
+            }
+            t => Err(bad(format!("quorum-type {t:?} is not auto, fixed or none"))),
+        }
+    }
+
+    /// Do the bricks marked `true` make quorum?
+    pub fn met(&self, ok: &[bool]) -> bool {
+        ok.iter().filter(|b| **b).count() >= self.need
+            && (!self.first_required || ok.first().copied().unwrap_or(false))
+    }
+}
+
+/// The regions `[first, first + count)` a chunk range touches.
+pub fn regions(offset: u64, len: u64) -> (u32, u32) {
+    if len == 0 {
+        return (0, 0);
+    }
+    let first = offset / REGION_SIZE;
+    let last = (offset + len - 1) / REGION_SIZE;
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    (clamp(first), clamp(last - first + 1))
+}
+
+#[derive(Debug, Clone)]
+struct Held {
+    /// Each brick's epoch for our lease (0: not granted there).
+    epochs: Vec<u64>,
+    duration_ms: u32,
+    /// Set when a quorum of bricks said a newer writer holds it.
+    lost: Option<String>,
+    /// Regions marked active under this lease.
+    active: HashSet<(ObjectId, u32)>,
+}
+
+#[derive(Default)]
+struct SetState {
+    /// Known pending marks: (chunk, region, brick index against).
+    stale: HashSet<(ObjectId, u32, u32)>,
+    /// Each link's `ups` when the marks were last loaded.
+    seen_ups: Vec<u64>,
+    leases: HashMap<Fid, Held>,
+}
+
+type Answers = Vec<(usize, std::result::Result<(Response, Payload), CallFail>)>;
+
+/// One replica set.
+pub struct Replicate {
+    volume: String,
+    volume_id: u32,
+    chunk_size: u64,
+    links: Vec<Arc<BrickLink>>,
+    quorum: Quorum,
+    owner: u64,
+    state: Mutex<SetState>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Replicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicate")
+            .field("volume", &self.volume)
+            .field("links", &self.links)
+            .field("quorum", &self.quorum)
+            .finish()
+    }
+}
+
+fn reply_err(r: &Response) -> Option<&ErrorReply> {
+    match r {
+        Response::Error(e) => Some(e),
+        _ => None,
+    }
+}
+
+impl Replicate {
+    /// A set over `links` (in set order); `owner` is this client's lease
+    /// owner id.
+    pub fn new(spec: &VolumeSpec, links: Vec<Arc<BrickLink>>, owner: u64) -> Result<Replicate> {
+        let quorum = Quorum::from_spec(spec, links.len())?;
+        Ok(Replicate {
+            volume: spec.name.clone(),
+            volume_id: spec.id,
+            chunk_size: spec.chunk_size,
+            quorum,
+            owner,
+            state: Mutex::new(SetState {
+                seen_ups: vec![0; links.len()],
+                ..SetState::default()
+            }),
+            links,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The set's bricks.
+    pub fn links(&self) -> &[Arc<BrickLink>] {
+        &self.links
+    }
+
+    /// The set's quorum.
+    pub fn quorum(&self) -> Quorum {
+        self.quorum
+    }
+
+    fn st(&self) -> MutexGuard<'_, SetState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn up(&self) -> Vec<bool> {
+        self.links.iter().map(|l| l.is_up()).collect()
+    }
+
+    fn no_quorum(&self, op: &'static str, up: &[bool]) -> VolumeError {
+        VolumeError::NoQuorum {
+            volume: self.volume.clone(),
+            op,
+            need: self.quorum.need,
+            set: self.links.len(),
+            up: up.iter().filter(|b| **b).count(),
+        }
+    }
+
+    pub(crate) async fn fan_out(
+        &self,
+        targets: &[usize],
+        mut mk: impl FnMut(usize) -> (Request, Payload),
+    ) -> Answers {
+        let mut js = JoinSet::new();
+        for &i in targets {
+            let (req, p) = mk(i);
+            let link = self.links[i].clone();
+            js.spawn(async move { (i, link.call(req, p).await) });
+        }
+        let mut out = Vec::with_capacity(targets.len());
+        while let Some(r) = js.join_next().await {
+            if let Ok(x) = r {
+                out.push(x);
+            }
+        }
+        out
+    }
+
+    fn transport_err(
+        &self,
+        op: &'static str,
+        i: usize,
+        fid: Fid,
+        offset: u64,
+        f: CallFail,
+    ) -> VolumeError {
+        match f {
+            CallFail::Transport(source) => VolumeError::Transport {
+                volume: self.volume.clone(),
+                op,
+                brick: self.links[i].addr().to_owned(),
+                fid,
+                offset,
+                source: Box::new(source),
+            },
+            CallFail::Down => self.no_quorum(op, &self.up()),
+        }
+    }
+
+    /// Loads the pending marks the set's bricks hold, if a brick came up
+    /// since the last load (or `force`). Marks only accumulate here, except
+    /// on a forced reload, which replaces them with what the bricks say.
+    pub async fn load_marks(&self, force: bool) {
+        let ups: Vec<u64> = self.links.iter().map(|l| l.ups()).collect();
+        if !force && self.st().seen_ups == ups {
+            return;
+        }
+        let up: Vec<usize> = (0..self.links.len())
+            .filter(|&i| self.links[i].is_up())
+            .collect();
+        let vol = self.volume_id;
+        let answers = self
+            .fan_out(&up, |_| {
+                (
+                    list_req(
+                        MarksOp::ListPending,
+                        vol,
+                        Fid::of(&ObjectId::default_for(vol)),
+                    ),
+                    Payload::None,
+                )
+            })
+            .await;
+        let mut found = HashSet::new();
+        // Only a list from every brick of the set may replace what we know:
+        // the marks against a brick may live only on bricks that are down.
+        let mut complete = up.len() == self.links.len();
+        for (_, a) in answers {
+            match a {
+                Ok((Response::Marks(m), _)) => {
+                    found.extend(m.marks.iter().map(|m| (m.object, m.region, m.target)));
+                }
+                _ => complete = false,
+            }
+        }
+        let mut st = self.st();
+        if force && complete {
+            st.stale = found;
+        } else {
+            st.stale.extend(found);
+        }
+        st.seen_ups = ups;
+    }
+
+    fn stale_for(&self, oid: &ObjectId, first: u32, count: u32, brick: usize) -> bool {
+        let st = self.st();
+        (first..first.saturating_add(count)).any(|r| st.stale.contains(&(*oid, r, brick as u32)))
+    }
+
+    fn lease_epochs(&self, fid: Fid) -> Result<Vec<u64>> {
+        let st = self.st();
+        match st.leases.get(&fid) {
+            None => Ok(vec![0; self.links.len()]),
+            Some(h) => match &h.lost {
+                Some(d) => Err(VolumeError::Fenced {
+                    volume: self.volume.clone(),
+                    fid,
+                    detail: d.clone(),
+                }),
+                None => Ok(h.epochs.clone()),
+            },
+        }
+    }
+
+    /// Each brick's epoch of this client's lease on `fid` (0: none).
+    pub(crate) fn epochs(&self, fid: Fid) -> Vec<u64> {
+        self.st()
+            .leases
+            .get(&fid)
+            .map(|h| h.epochs.clone())
+            .unwrap_or_else(|| vec![0; self.links.len()])
+    }
+
+    /// Under a lease, bricks that are up but not granted (they were down at
+    /// acquire time, or restarted) are asked to join it.
+    async fn join_lease(&self, fid: Fid, up: &[bool]) {
+        let (missing, duration_ms) = {
+            let st = self.st();
+            let Some(h) = st.leases.get(&fid) else { return };
+            let missing: Vec<usize> = (0..self.links.len())
+                .filter(|&i| up[i] && h.epochs[i] == 0)
+                .collect();
+            (missing, h.duration_ms)
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let answers = self
+            .fan_out(&missing, |_| {
+                self.lease_req(fid, LeaseOp::Acquire, duration_ms, 0)
+            })
+            .await;
+        let mut st = self.st();
+        if let Some(h) = st.leases.get_mut(&fid) {
+            for (i, a) in answers {
+                if let Ok((Response::Lease(l), _)) = a {
+                    h.epochs[i] = l.epoch;
+                }
+            }
+        }
+    }
+
+    fn lease_req(&self, fid: Fid, op: LeaseOp, duration_ms: u32, epoch: u64) -> (Request, Payload) {
+        (
+            Request::Lease(LeaseReq {
+                object: fid.chunk(0),
+                op,
+                duration_ms,
+                owner: self.owner,
+                epoch,
+            }),
+            Payload::None,
+        )
+    }
+
+    /// Activity log: marks the regions active on the bricks that are up
+    /// before the first change to them under the lease.
+    async fn mark_active(
+        &self,
+        fid: Fid,
+        oid: ObjectId,
+        first: u32,
+        count: u32,
+        up: &[usize],
+    ) -> Result<()> {
+        let (todo, epoch) = {
+            let st = self.st();
+            let Some(h) = st.leases.get(&fid) else {
+                return Ok(());
+            };
+            let todo: Vec<u32> = (first..first.saturating_add(count))
+                .filter(|r| !h.active.contains(&(oid, *r)))
+                .collect();
+            (todo, h.epochs.iter().copied().max().unwrap_or(0))
+        };
+        let (Some(&lo), Some(&hi)) = (todo.first(), todo.last()) else {
+            return Ok(());
+        };
+        let answers = self
+            .fan_out(up, |_| {
+                (
+                    Request::Marks(MarksReq {
+                        op: MarksOp::SetActive,
+                        target: 0,
+                        object: oid,
+                        first: lo,
+                        count: hi - lo + 1,
+                        amount: epoch,
+                    }),
+                    Payload::None,
+                )
+            })
+            .await;
+        let mut ok = vec![false; self.links.len()];
+        for (i, a) in answers {
+            ok[i] = matches!(a, Ok((Response::Marks(_), _)));
+        }
+        if !self.quorum.met(&ok) {
+            return Err(self.no_quorum("activity mark", &ok));
+        }
+        let mut st = self.st();
+        if let Some(h) = st.leases.get_mut(&fid) {
+            h.active.extend((lo..=hi).map(|r| (oid, r)));
+        }
+        Ok(())
+    }
+
+    /// A change (write, punch, zero) of one chunk piece: fan out, mark the
+    /// bricks that missed it, check quorum.
+    async fn change(
+        &self,
+        op: &'static str,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+        mk: impl Fn(ObjectId, u64) -> (Request, Payload),
+    ) -> Result<()> {
+        self.load_marks(false).await;
+        let oid = fid.chunk(chunk);
+        let mut up = self.up();
+        if !self.quorum.met(&up) {
+            return Err(self.no_quorum(op, &up));
+        }
+        self.join_lease(fid, &up).await;
+        let epochs = self.lease_epochs(fid)?;
+        // The size record is one mark (region 0) whatever its size: heal
+        // copies the size, not bytes.
+        let (first, count) = if chunk == SIZE_CHUNK {
+            (0, 1)
+        } else {
+            regions(offset, len)
+        };
+        let leased = epochs.iter().any(|e| *e != 0);
+        let targets: Vec<usize> = (0..self.links.len()).filter(|&i| up[i]).collect();
+        if leased {
+            self.mark_active(fid, oid, first, count, &targets).await?;
+        }
+        let answers = self.fan_out(&targets, |i| mk(oid, epochs[i])).await;
+        let mut ok = vec![false; self.links.len()];
+        let mut fenced = None;
+        for (i, a) in answers {
+            match a {
+                Ok((r, _)) => match reply_err(&r) {
+                    Some(e) if e.code == ErrorCode::StaleEpoch => fenced = Some(e.message.clone()),
+                    Some(e) => {
+                        tracing::warn!(volume = %self.volume, brick = self.links[i].addr(), %fid, op, error = %e, "brick refused a change");
+                    }
+                    None => ok[i] = true,
+                },
+                Err(f) => {
+                    tracing::warn!(volume = %self.volume, brick = self.links[i].addr(), %fid, op, error = ?f, "brick missed a change");
+                }
+            }
+        }
+        if let Some(detail) = fenced {
+            if leased {
+                if let Some(h) = self.st().leases.get_mut(&fid) {
+                    h.lost = Some(detail.clone());
+                }
+            }
+            return Err(VolumeError::Fenced {
+                volume: self.volume.clone(),
+                fid,
+                detail,
+            });
+        }
+        let good: Vec<usize> = (0..ok.len()).filter(|&i| ok[i]).collect();
+        let missed: Vec<usize> = (0..ok.len()).filter(|&i| !ok[i]).collect();
+        if !missed.is_empty() && !good.is_empty() && count > 0 {
+            self.add_pending(oid, first, count, &good, &missed).await?;
+        }
+        up = ok;
+        if !self.quorum.met(&up) {
+            return Err(self.no_quorum(op, &up));
+        }
+        Ok(())
+    }
+
+    async fn add_pending(
+        &self,
+        oid: ObjectId,
+        first: u32,
+        count: u32,
+        good: &[usize],
+        missed: &[usize],
+    ) -> Result<()> {
+        for &t in missed {
+            let answers = self
+                .fan_out(good, |_| {
+                    (
+                        Request::Marks(MarksReq {
+                            op: MarksOp::AddPending,
+                            target: t as u32,
+                            object: oid,
+                            first,
+                            count,
+                            amount: 1,
+                        }),
+                        Payload::None,
+                    )
+                })
+                .await;
+            if !answers
+                .iter()
+                .any(|(_, a)| matches!(a, Ok((Response::Marks(_), _))))
+            {
+                return Err(VolumeError::NoQuorum {
+                    volume: self.volume.clone(),
+                    op: "pending mark",
+                    need: 1,
+                    set: self.links.len(),
+                    up: 0,
+                });
+            }
+            let mut st = self.st();
+            for r in first..first.saturating_add(count) {
+                st.stale.insert((oid, r, t as u32));
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_piece(&self, fid: Fid, p: Piece, out: &mut [u8]) -> Result<()> {
+        self.load_marks(false).await;
+        let oid = fid.chunk(p.chunk);
+        let (first, count) = regions(p.offset, p.len);
+        let mut cands: Vec<usize> = (0..self.links.len())
+            .filter(|&i| self.links[i].is_up() && !self.stale_for(&oid, first, count, i))
+            .collect();
+        if cands.is_empty() {
+            // Marks may have been healed since we loaded them.
+            self.load_marks(true).await;
+            cands = (0..self.links.len())
+                .filter(|&i| self.links[i].is_up() && !self.stale_for(&oid, first, count, i))
+                .collect();
+        }
+        if cands.is_empty() {
+            let up = self.up();
+            if !up.iter().any(|b| *b) {
+                return Err(VolumeError::NoQuorum {
+                    volume: self.volume.clone(),
+                    op: "read",
+                    need: 1,
+                    set: self.links.len(),
+                    up: 0,
+                });
+            }
+            return Err(VolumeError::NoGoodCopy {
+                volume: self.volume.clone(),
+                fid,
+                chunk: p.chunk,
+                offset: p.offset,
+            });
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..cands.len() {
+            let i = cands[(start + k) % cands.len()];
+            let req = Request::Read(ReadReq {
+                object: oid,
+                offset: p.offset,
+                len: p.len as u32,
+                data: DataRef::None,
+            });
+            let buf = IoBuf::alloc(p.len as usize);
+            match self.links[i].call(req, Payload::In(buf)).await {
+                Ok((Response::Read(_), payload)) => {
+                    let got = payload.into_buf();
+                    let data = got.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
+                    let n = data.len().min(out.len());
+                    out[..n].copy_from_slice(&data[..n]);
+                    out[n..].fill(0);
+                    return Ok(());
+                }
+                Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {
+                    out.fill(0);
+                    return Ok(());
+                }
+                Ok((r, _)) => {
+                    last = Some(VolumeError::Brick {
+                        volume: self.volume.clone(),
+                        op: "read",
+                        brick: self.links[i].addr().to_owned(),
+                        fid,
+                        offset: p.offset,
+                        reply: reply_err(&r).cloned().unwrap_or_else(|| {
+                            ErrorReply::new(ErrorCode::Internal, format!("unexpected {r:?}"))
+                        }),
+                    })
+                }
+                Err(f) => last = Some(self.transport_err("read", i, fid, p.offset, f)),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.no_quorum("read", &self.up())))
+    }
+
+    async fn write_all(&self, fid: Fid, offset: u64, data: &[u8]) -> Result<()> {
+        for p in split(offset, data.len() as u64, self.chunk_size) {
+            let piece = &data[p.at as usize..(p.at + p.len) as usize];
+            let crc = crc32c::crc32c(piece);
+            self.change("write", fid, p.chunk, p.offset, p.len, |oid, epoch| {
+                (
+                    Request::Write(WriteReq {
+                        object: oid,
+                        offset: p.offset,
+                        epoch,
+                        flags: 0,
+                        crc32c: crc,
+                        data: DataRef::None,
+                    }),
+                    Payload::Out(IoBuf::from_slice(piece)),
+                )
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn range_all(&self, zero: bool, fid: Fid, offset: u64, len: u64) -> Result<()> {
+        let op = if zero { "zero" } else { "punch" };
+        for p in split(offset, len, self.chunk_size) {
+            self.range_piece(op, zero, fid, p.chunk, p.offset, p.len)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn range_piece(
+        &self,
+        op: &'static str,
+        zero: bool,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<()> {
+        self.change(op, fid, chunk, offset, len, |oid, epoch| {
+            let r = RangeReq {
+                object: oid,
+                offset,
+                len,
+                epoch,
+                flags: 0,
+            };
+            (
+                if zero {
+                    Request::Zero(r)
+                } else {
+                    Request::Punch(r)
+                },
+                Payload::None,
+            )
+        })
+        .await
+    }
+
+    async fn size_of(&self, fid: Fid) -> Result<u64> {
+        let up: Vec<usize> = (0..self.links.len())
+            .filter(|&i| self.links[i].is_up())
+            .collect();
+        let oid = fid.chunk(SIZE_CHUNK);
+        let answers = self
+            .fan_out(&up, |_| {
+                (
+                    Request::Stat(transport::wire::ObjectReq { object: oid }),
+                    Payload::None,
+                )
+            })
+            .await;
+        let mut size = None;
+        for (_, a) in answers {
+            match a {
+                Ok((Response::Stat(s), _)) => size = Some(size.unwrap_or(0).max(s.size)),
+                Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {
+                    size = Some(size.unwrap_or(0))
+                }
+                _ => {}
+            }
+        }
+        size.ok_or_else(|| self.no_quorum("stat", &self.up()))
+    }
+
+    async fn flush_all(&self) -> Result<()> {
+        let up: Vec<usize> = (0..self.links.len())
+            .filter(|&i| self.links[i].is_up())
+            .collect();
+        let oid = ObjectId::default_for(self.volume_id);
+        let answers = self
+            .fan_out(&up, |_| {
+                (
+                    Request::Flush(transport::wire::ObjectReq { object: oid }),
+                    Payload::None,
+                )
+            })
+            .await;
+        let mut ok = vec![false; self.links.len()];
+        for (i, a) in answers {
+            ok[i] = matches!(a, Ok((Response::Flush, _)));
+        }
+        if !self.quorum.met(&ok) {
+            return Err(self.no_quorum("flush", &ok));
+        }
+        Ok(())
+    }
+
+    async fn lease_action(&self, fid: Fid, action: LeaseAction) -> Result<LeaseOutcome> {
+        let up = self.up();
+        let upi: Vec<usize> = (0..self.links.len()).filter(|&i| up[i]).collect();
+        match action {
+            LeaseAction::Acquire { duration_ms } => {
+                if !self.quorum.met(&up) {
+                    return Err(self.no_quorum("lease", &up));
+                }
+                let answers = self
+                    .fan_out(&upi, |_| {
+                        self.lease_req(fid, LeaseOp::Acquire, duration_ms, 0)
+                    })
+                    .await;
+                let mut epochs = vec![0; self.links.len()];
+                let mut unclean = false;
+                let mut busy = None;
+                for (i, a) in answers {
+                    match a {
+                        Ok((Response::Lease(l), _)) => {
+                            epochs[i] = l.epoch;
+                            unclean |= l.flags & LEASE_UNCLEAN != 0;
+                        }
+                        Ok((Response::Error(e), _)) => busy = Some(e.message),
+                        _ => {}
+                    }
+                }
+                let granted: Vec<bool> = epochs.iter().map(|e| *e != 0).collect();
+                if !self.quorum.met(&granted) {
+                    let back: Vec<usize> = (0..epochs.len()).filter(|&i| granted[i]).collect();
+                    self.fan_out(&back, |i| {
+                        self.lease_req(fid, LeaseOp::Release, 0, epochs[i])
+                    })
+                    .await;
+                    return Err(match busy {
+                        Some(detail) => VolumeError::LeaseBusy {
+                            volume: self.volume.clone(),
+                            fid,
+                            detail,
+                        },
+                        None => self.no_quorum("lease", &granted),
+                    });
+                }
+                self.st().leases.insert(
+                    fid,
+                    Held {
+                        epochs,
+                        duration_ms,
+                        lost: None,
+                        active: HashSet::new(),
+                    },
+                );
+                Ok(LeaseOutcome { unclean })
+            }
+            LeaseAction::Renew => {
+                let Some(h) = self.st().leases.get(&fid).cloned() else {
+                    return Ok(LeaseOutcome::default());
+                };
+                if let Some(d) = h.lost {
+                    return Err(VolumeError::Fenced {
+                        volume: self.volume.clone(),
+                        fid,
+                        detail: d,
+                    });
+                }
+                self.join_lease(fid, &up).await;
+                let epochs = self.epochs(fid);
+                let holders: Vec<usize> = (0..epochs.len())
+                    .filter(|&i| up[i] && epochs[i] != 0)
+                    .collect();
+                let answers = self
+                    .fan_out(&holders, |i| {
+                        self.lease_req(fid, LeaseOp::Renew, h.duration_ms, epochs[i])
+                    })
+                    .await;
+                let mut ok = vec![false; self.links.len()];
+                let mut refused = 0;
+                let mut detail = String::new();
+                for (i, a) in answers {
+                    match a {
+                        Ok((Response::Lease(_), _)) => ok[i] = true,
+                        Ok((Response::Error(e), _)) => {
+                            refused += 1;
+                            detail = e.message;
+                        }
+                        _ => {}
+                    }
+                }
+                if self.quorum.met(&ok) {
+                    return Ok(LeaseOutcome::default());
+                }
+                if refused > self.links.len() - self.quorum.need {
+                    if let Some(h) = self.st().leases.get_mut(&fid) {
+                        h.lost = Some(detail.clone());
+                    }
+                    return Err(VolumeError::Fenced {
+                        volume: self.volume.clone(),
+                        fid,
+                        detail,
+                    });
+                }
+                Err(self.no_quorum("lease renewal", &ok))
+            }
+            LeaseAction::Release => {
+                let Some(h) = self.st().leases.get(&fid).cloned() else {
+                    return Ok(LeaseOutcome::default());
+                };
+                // The writer is done and every brick that is up has what it
+                // acknowledged: the activity log of the lease can go.
+                let active: BTreeSet<(ObjectId, u32)> = h.active.iter().copied().collect();
+                if h.lost.is_none() {
+                    for (oid, r) in active {
+                        self.fan_out(&upi, |_| {
+                            (
+                                Request::Marks(MarksReq {
+                                    op: MarksOp::ClearActive,
+                                    target: 0,
+                                    object: oid,
+                                    first: r,
+                                    count: 1,
+                                    amount: 0,
+                                }),
+                                Payload::None,
+                            )
+                        })
+                        .await;
+                    }
+                }
+                let holders: Vec<usize> = (0..h.epochs.len())
+                    .filter(|&i| up[i] && h.epochs[i] != 0)
+                    .collect();
+                self.fan_out(&holders, |i| {
+                    self.lease_req(fid, LeaseOp::Release, 0, h.epochs[i])
+                })
+                .await;
+                self.st().leases.remove(&fid);
+                Ok(LeaseOutcome::default())
+            }
+        }
+    }
+
+    /// Reads a region's bytes (up to the source chunk's size) from brick
+    /// `src` and writes them durably to each of `dsts` with the lease
+    /// epochs given. Returns the bytes copied per target.
+    pub(crate) async fn copy_region(
+        &self,
+        oid: ObjectId,
+        region: u32,
+        src: usize,
+        dsts: &[usize],
+        epochs: &[u64],
+    ) -> Result<u64> {
+        let fid = Fid::of(&oid);
+        let start = region as u64 * REGION_SIZE;
+        let (r, _) = self.links[src]
+            .call(
+                Request::Stat(transport::wire::ObjectReq { object: oid }),
+                Payload::None,
+            )
+            .await
+            .map_err(|f| self.transport_err("heal stat", src, fid, start, f))?;
+        let size = match r {
+            Response::Stat(s) => s.size,
+            Response::Error(e) if e.code == ErrorCode::NotFound => 0,
+            other => {
+                return Err(VolumeError::Protocol {
+                    volume: self.volume.clone(),
+                    op: "heal stat",
+                    brick: self.links[src].addr().to_owned(),
+                    reply: format!("{other:?}"),
+                })
+            }
+        };
+        if oid.chunk == SIZE_CHUNK {
+            if size == 0 {
+                return Ok(0);
+            }
+            return self
+                .put_region(oid, size - 1, 1, None, dsts, epochs)
+                .await
+                .map(|_| 0);
+        }
+        if start >= size {
+            return Ok(0);
+        }
+        let len = (size - start).min(REGION_SIZE);
+        let mut data = vec![0u8; len as usize];
+        let req = Request::Read(ReadReq {
+            object: oid,
+            offset: start,
+            len: len as u32,
+            data: DataRef::None,
+        });
+        match self.links[src]
+            .call(req, Payload::In(IoBuf::alloc(len as usize)))
+            .await
+        {
+            Ok((Response::Read(_), p)) => {
+                if let Some(b) = p.into_buf() {
+                    let n = b.len().min(data.len());
+                    data[..n].copy_from_slice(&b.as_slice()[..n]);
+                }
+            }
+            Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {}
+            Ok((other, _)) => {
+                return Err(VolumeError::Protocol {
+                    volume: self.volume.clone(),
+                    op: "heal read",
+                    brick: self.links[src].addr().to_owned(),
+                    reply: format!("{other:?}"),
+                })
+            }
+            Err(f) => return Err(self.transport_err("heal read", src, fid, start, f)),
+        }
+        let zeros = data.iter().all(|b| *b == 0);
+        let data = (!zeros).then_some(data);
+        self.put_region(oid, start, len, data.as_deref(), dsts, epochs)
+            .await
+    }
+
+    /// Writes `data` (or punches, for `None`) durably to `dsts`; returns the
+    /// data bytes written per target.
+    async fn put_region(
+        &self,
+        oid: ObjectId,
+        start: u64,
+        len: u64,
+        data: Option<&[u8]>,
+        dsts: &[usize],
+        epochs: &[u64],
+    ) -> Result<u64> {
+        let fid = Fid::of(&oid);
+        let zeros = data.is_none();
+        let data = data.unwrap_or(&[]);
+        let crc = crc32c::crc32c(data);
+        let answers = self
+            .fan_out(dsts, |i| {
+                if zeros {
+                    (
+                        Request::Punch(RangeReq {
+                            object: oid,
+                            offset: start,
+                            len,
+                            epoch: epochs[i],
+                            flags: 0,
+                        }),
+                        Payload::None,
+                    )
+                } else {
+                    (
+                        Request::Write(WriteReq {
+                            object: oid,
+                            offset: start,
+                            epoch: epochs[i],
+                            flags: FLAG_FUA,
+                            crc32c: crc,
+                            data: DataRef::None,
+                        }),
+                        Payload::Out(IoBuf::from_slice(data)),
+                    )
+                }
+            })
+            .await;
+        for (i, a) in answers {
+            match a {
+                Ok((Response::Write(_), _)) | Ok((Response::Punch, _)) => {}
+                Ok((r, _)) => {
+                    return Err(VolumeError::Brick {
+                        volume: self.volume.clone(),
+                        op: "heal write",
+                        brick: self.links[i].addr().to_owned(),
+                        fid,
+                        offset: start,
+                        reply: reply_err(&r).cloned().unwrap_or_else(|| {
+                            ErrorReply::new(ErrorCode::Internal, format!("unexpected {r:?}"))
+                        }),
+                    })
+                }
+                Err(f) => return Err(self.transport_err("heal write", i, fid, start, f)),
+            }
+        }
+        // A punch is not made durable by FUA: flush the targets.
+        if zeros {
+            let answers = self
+                .fan_out(dsts, |_| {
+                    (
+                        Request::Flush(transport::wire::ObjectReq { object: oid }),
+                        Payload::None,
+                    )
+                })
+                .await;
+            for (i, a) in answers {
+                if !matches!(a, Ok((Response::Flush, _))) {
+                    return Err(VolumeError::Protocol {
+                        volume: self.volume.clone(),
+                        op: "heal flush",
+                        brick: self.links[i].addr().to_owned(),
+                        reply: format!("{a:?}"),
+                    });
+                }
+            }
+        }
+        Ok(data.len() as u64)
+    }
+
+    /// After taking over a lease from a writer that did not release it:
+    /// makes every region the activity log marks active identical across
+    /// the bricks that are up (copied from one brick no one marks stale
+    /// there), then clears those marks. Returns the regions settled.
+    pub async fn settle(&self, fid: Fid) -> Result<usize> {
+        self.load_marks(true).await;
+        let up = self.up();
+        let upi: Vec<usize> = (0..self.links.len()).filter(|&i| up[i]).collect();
+        let answers = self
+            .fan_out(&upi, |_| {
+                (
+                    list_req(MarksOp::ListActive, self.volume_id, fid),
+                    Payload::None,
+                )
+            })
+            .await;
+        let mut regions = BTreeSet::new();
+        for (_, a) in answers {
+            if let Ok((Response::Marks(m), _)) = a {
+                regions.extend(m.marks.iter().map(|m| (m.object, m.region)));
+            }
+        }
+        let epochs = self.epochs(fid);
+        let mut settled = 0;
+        for (oid, region) in regions {
+            let Some(src) = upi
+                .iter()
+                .copied()
+                .find(|&i| !self.stale_for(&oid, region, 1, i))
+            else {
+                continue;
+            };
+            let dsts: Vec<usize> = upi.iter().copied().filter(|&i| i != src).collect();
+            self.copy_region(oid, region, src, &dsts, &epochs).await?;
+            self.fan_out(&upi, |_| {
+                (
+                    Request::Marks(MarksReq {
+                        op: MarksOp::ClearActive,
+                        target: 0,
+                        object: oid,
+                        first: region,
+                        count: 1,
+                        amount: 0,
+                    }),
+                    Payload::None,
+                )
+            })
+            .await;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+}
+
+fn list_req(op: MarksOp, volume: u32, fid: Fid) -> Request {
+    Request::Marks(MarksReq {
+        op,
+        target: 0,
+        object: ObjectId {
+            volume,
+            vnode: fid.vnode,
+            unique: fid.unique,
+            chunk: 0,
+        },
+        first: 0,
+        count: 0,
+        amount: 0,
+    })
+}
+
+trait DefaultFor {
+    fn default_for(volume: u32) -> ObjectId;
+}
+
+impl DefaultFor for ObjectId {
+    fn default_for(volume: u32) -> ObjectId {
+        ObjectId {
+            volume,
+            vnode: 0,
+            unique: 0,
+            chunk: 0,
+        }
+    }
+}
+
+impl Translator for Replicate {
+    fn read(&self, fid: Fid, offset: u64, len: u64) -> BoxFuture<'_, Result<Vec<u8>>> {
+        Box::pin(async move {
+            let mut out = vec![0u8; len as usize];
+            for p in split(offset, len, self.chunk_size) {
+                self.read_piece(fid, p, &mut out[p.at as usize..(p.at + p.len) as usize])
+                    .await?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn write<'a>(&'a self, fid: Fid, offset: u64, data: &'a [u8]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.write_all(fid, offset, data))
+    }
+
+    fn punch(&self, fid: Fid, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.range_all(false, fid, offset, len))
+    }
+
+    fn zero(&self, fid: Fid, offset: u64, len: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.range_all(true, fid, offset, len))
+    }
+
+    fn flush(&self, _fid: Fid) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.flush_all())
+    }
+
+    fn size(&self, fid: Fid) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.size_of(fid))
+    }
+
+    fn grow(&self, fid: Fid, size: u64) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if size == 0 {
+                return Ok(());
+            }
+            self.range_piece("grow", false, fid, SIZE_CHUNK, size - 1, 1)
+                .await
+        })
+    }
+
+    fn lease(&self, fid: Fid, action: LeaseAction) -> BoxFuture<'_, Result<LeaseOutcome>> {
+        Box::pin(self.lease_action(fid, action))
+    }
+}
