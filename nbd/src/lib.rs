@@ -18,6 +18,7 @@ pub mod handshake;
 pub mod memory;
 pub mod server;
 pub mod transmission;
+pub mod volume_export;
 pub mod wire;
 
 pub use export::{
