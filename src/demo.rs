@@ -1,11 +1,12 @@
 //! `stretto demo`: everything built so far, on loopback, in a temporary
 //! directory.
 //!
-//! It makes a pool secret and a brick, starts `stretto brick serve` as a real
-//! child process, writes an object through the authenticated wire protocol,
-//! flushes, reads it back and compares, then prints what it did and the
-//! commands a user can try against the running brick. Ctrl-C (or `--once`)
-//! stops the brick with SIGTERM and removes the directory.
+//! It makes a pool secret and three bricks, starts three `stretto brick
+//! serve` processes, creates and starts a replica-3 volume, writes and reads
+//! an object through the volume client (replicated to all three bricks),
+//! creates an image and exports it with a `stretto nbd serve` process, then
+//! prints the commands a user can run against it. Ctrl-C (or `--once`)
+//! stops the daemons with SIGTERM and removes the directory.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -14,20 +15,23 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use iobuf::IoBuf;
-use transport::wire::{DataRef, ObjectId, ObjectReq, ReadReq, WriteReq};
-use transport::{Payload, Request, Response};
+use transport::{ClientOptions, Secret};
+use volume::manage;
+use volume::{Client, Fid, VolumeKind};
 
 /// Options of `stretto demo`.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
-    /// Do the round trip, print it, stop and clean up (no waiting for Ctrl-C).
+    /// Do everything, print it, stop and clean up (no waiting for Ctrl-C).
     #[arg(long)]
     once: bool,
     /// Keep the demo's files here instead of a new temporary directory (it is
     /// not removed at the end).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Address for the NBD export (default: the NBD port if free, else any).
+    #[arg(long)]
+    nbd_listen: Option<String>,
 }
 
 /// Resolves `HOST:PORT` to one socket address, with a clear error.
@@ -38,50 +42,58 @@ pub fn resolve(s: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("`{s}` resolves to no address"))
 }
 
-/// A brick daemon started by the demo; stopped with SIGTERM when dropped.
+/// A daemon started by the demo; stopped with SIGTERM when dropped.
 struct Daemon {
     child: Child,
     addr: SocketAddr,
+    what: String,
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> Result<Daemon> {
+    /// Starts `stretto ARGS...` and waits for its `listening on ADDR` line.
+    fn start(what: &str, args: &[&str]) -> Result<Daemon> {
         let exe = std::env::current_exe().context("cannot find the stretto binary")?;
         let mut child = Command::new(exe)
-            .args(["brick", "serve"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--log", "warn"])
+            .args(args)
+            .args(["--log", "warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("cannot start `stretto brick serve`")?;
-        let stdout = child.stdout.take().context("no stdout from the brick")?;
+            .with_context(|| format!("cannot start {what}"))?;
+        let stdout = child.stdout.take().context("no stdout from the daemon")?;
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
+        reader
             .read_line(&mut line)
-            .context("reading the brick's ready line")?;
+            .with_context(|| format!("reading {what}'s ready line"))?;
         let addr = line
             .trim()
             .strip_prefix("listening on ")
-            .ok_or_else(|| anyhow!("brick did not start (it printed {line:?})"))?;
+            .ok_or_else(|| anyhow!("{what} did not start (it printed {line:?})"))?;
         let addr = resolve(addr)?;
-        Ok(Daemon { child, addr })
+        // Keep draining its stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        Ok(Daemon {
+            child,
+            addr,
+            what: what.to_string(),
+        })
     }
 
     fn stop(&mut self) {
-        // SAFETY: kill(2) with our own child's pid and a valid signal number.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) with our own child's pid and a valid signal number.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+            let _ = self.child.wait();
         }
-        let _ = self.child.wait();
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            self.stop();
-        }
+        self.stop();
     }
 }
 
@@ -107,113 +119,164 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
-    let result = demo_in(&root, args.once).await;
+    let result = demo_in(&root, &args).await;
     if !keep {
         let _ = std::fs::remove_dir_all(&root);
     }
     result
 }
 
-async fn demo_in(root: &Path, once: bool) -> Result<()> {
-    let secret = root.join("pool.secret");
-    let brick_dir = root.join("brick0");
-    let info = brick::init(&brick_dir, &secret)?;
-    println!("made brick {} in {}", info.id, brick_dir.display());
+fn nbd_listen(args: &DemoArgs) -> String {
+    if let Some(l) = &args.nbd_listen {
+        return l.clone();
+    }
+    // The NBD port when it is free (clients default to it), else any port.
+    match std::net::TcpListener::bind("127.0.0.1:10809") {
+        Ok(l) => {
+            drop(l);
+            "127.0.0.1:10809".into()
+        }
+        Err(_) => "127.0.0.1:0".into(),
+    }
+}
 
-    let mut daemon = Daemon::start(&brick_dir)?;
+async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
+    let secret_path = root.join("pool.secret");
+    let mut bricks = Vec::new();
+    for i in 0..3 {
+        let dir = root.join(format!("brick{i}"));
+        let info = brick::init(&dir, &secret_path)?;
+        let d = Daemon::start(
+            &format!("brick {i}"),
+            &[
+                "brick",
+                "serve",
+                dir.to_str().context("non-UTF-8 path")?,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )?;
+        println!(
+            "brick {i}: {} in {} served by pid {} on {}",
+            info.id,
+            dir.display(),
+            d.child.id(),
+            d.addr
+        );
+        bricks.push(d);
+    }
+    let addrs: Vec<String> = bricks.iter().map(|b| b.addr.to_string()).collect();
+    let secret = Secret::load(&secret_path)?;
+
+    let spec = manage::create(
+        &addrs,
+        &secret,
+        "demo",
+        VolumeKind::Replicate { replica: 3 },
+        &addrs,
+        volume::DEFAULT_CHUNK_SIZE,
+    )
+    .await?;
+    manage::start(&addrs, &secret, "demo").await?;
     println!(
-        "started `stretto brick serve` (pid {}) on {}",
-        daemon.child.id(),
-        daemon.addr
+        "volume demo: replica 3 over the three bricks (id {}), started",
+        spec.id
     );
+    let spec = manage::fetch(&addrs, &secret, "demo").await?;
 
-    let client = brick::server::connect(daemon.addr, &secret).await?;
-    println!("connected and authenticated with the pool secret (HMAC-SHA256, both ways)");
-
-    let object = ObjectId {
-        volume: 1,
-        vnode: 1,
+    // An object through the volume client: written to all three bricks.
+    let client = Client::connect_spec(spec.clone(), secret.clone(), ClientOptions::default())
+        .await
+        .context("attach volume demo")?;
+    let fid = Fid {
+        volume: spec.id,
+        vnode: 0x7fff_0000,
         unique: 1,
-        chunk: 0,
     };
-    let len = 1 << 20;
-    let data = pattern(len);
+    let obj = client
+        .open_writer(fid, volume::client::DEFAULT_LEASE)
+        .await
+        .context("take a write lease")?;
+    let data = pattern(4 << 20);
     let t = Instant::now();
-    let (resp, _) = client
-        .call(
-            Request::Write(WriteReq {
-                object,
-                offset: 4096,
-                epoch: 0,
-                flags: 0,
-                crc32c: 0,
-                data: DataRef::Inline { len: len as u32 },
-            }),
-            Payload::Out(IoBuf::from_slice(&data)),
-        )
-        .await?;
-    expect(&resp, "write")?;
-    let (resp, _) = client
-        .call(Request::Flush(ObjectReq { object }), Payload::None)
-        .await?;
-    expect(&resp, "flush")?;
+    obj.write(4096, &data).await?;
+    obj.flush().await?;
+    let back = obj.read(4096, data.len() as u64).await?;
+    if back != data {
+        bail!("the volume read back different bytes than were written");
+    }
     println!(
-        "wrote 1 MiB to object 1.1.1 chunk 0 at offset 4096 and flushed it to disk ({:.1} ms)",
+        "wrote 4 MiB to object {fid} on all three bricks, flushed, read it back: identical ({:.1} ms)",
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let mut sink = IoBuf::alloc(len);
-    sink.set_len(len);
-    let (resp, back) = client
-        .call(
-            Request::Read(ReadReq {
-                object,
-                offset: 4096,
-                len: len as u32,
-                data: DataRef::Inline { len: len as u32 },
-            }),
-            Payload::In(sink),
-        )
-        .await?;
-    expect(&resp, "read")?;
-    let back = back.into_buf().context("read returned no buffer")?;
-    if back.as_slice() != data.as_slice() {
-        bail!("read back different bytes than were written");
-    }
-    println!("read it back: all 1048576 bytes match");
-    let (resp, _) = client
-        .call(Request::Stat(ObjectReq { object }), Payload::None)
-        .await?;
-    if let Response::Stat(s) = resp {
-        println!(
-            "stat: size {} bytes, version {}, {} bytes allocated on the brick's disk",
-            s.size, s.version, s.allocated
-        );
-    }
+    obj.close().await?;
     client.close().await;
+
+    let image_size = 1u64 << 30;
+    manage::image_create(&addrs, &secret, "demo", "disk0", image_size).await?;
+    println!("image disk0: 1 GiB, sparse, in volume demo");
+    let listen = nbd_listen(args);
+    let pool_arg = addrs.join(",");
+    let secret_arg = secret_path.to_str().context("non-UTF-8 path")?;
+    let mut nbd = Daemon::start(
+        "nbd server",
+        &[
+            "nbd",
+            "serve",
+            "--volume",
+            "demo",
+            "--listen",
+            &listen,
+            "--pool",
+            &pool_arg,
+            "--secret-file",
+            secret_arg,
+        ],
+    )?;
+    let uri = format!("nbd://{}/disk0", nbd.addr);
+    println!(
+        "nbd export disk0 served by pid {} on {}",
+        nbd.child.id(),
+        nbd.addr
+    );
 
     println!();
     println!("Try, while the demo runs:");
+    println!("  nbdinfo {uri}");
+    println!("  qemu-img info {uri}");
+    println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
+    println!("  qemu-img convert -n -f raw -O raw SOME.raw {uri}");
     println!(
-        "  stretto brick stats {} --secret-file {}",
-        daemon.addr,
-        secret.display()
+        "  nbd-client {} {} /dev/nbd0 -N disk0    # needs the kernel nbd module",
+        nbd.addr.ip(),
+        nbd.addr.port()
     );
-    println!("  ls -R {}/objects", brick_dir.display());
-    if once {
-        daemon.stop();
-        println!("\nstopped the brick (SIGTERM: drained, flushed, log applied)");
+    println!(
+        "  stretto volume info demo --pool {} --secret-file {secret_arg}",
+        addrs[0]
+    );
+    println!(
+        "  stretto image list --volume demo --pool {} --secret-file {secret_arg}",
+        addrs[0]
+    );
+    println!(
+        "  stretto brick stats {} --secret-file {secret_arg}",
+        addrs[0]
+    );
+    if args.once {
+        nbd.stop();
+        for b in &mut bricks {
+            b.stop();
+        }
+        println!("\nstopped the nbd server and the bricks (SIGTERM: drained, flushed)");
         return Ok(());
     }
-    println!("\nCtrl-C stops the brick and removes {}", root.display());
+    println!("\nCtrl-C stops everything and removes {}", root.display());
     tokio::signal::ctrl_c().await.ok();
-    daemon.stop();
-    println!("stopped");
-    Ok(())
-}
-
-fn expect(resp: &Response, what: &str) -> Result<()> {
-    match resp {
-        Response::Error(e) => bail!("{what} failed on the brick: {}", e.message),
-        _ => Ok(()),
+    nbd.stop();
+    for b in &mut bricks {
+        b.stop();
     }
+    println!("stopped ({} and the bricks)", nbd.what);
+    Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod demo;
 mod image_cmd;
+mod nbd_cmd;
 mod volume_cmd;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Command {
     Volume(volume_cmd::VolumeArgs),
     /// Create, list, resize and delete images (named objects of a volume, e.g. VM disks).
     Image(image_cmd::ImageArgs),
+    /// Export a volume's images as NBD block devices (qemu, nbd-client, nbdinfo...).
+    Nbd(nbd_cmd::NbdArgs),
     /// Start a brick on loopback in a temporary directory, write and read an object through it, and show how to reach it.
     Demo(demo::DemoArgs),
 }
@@ -113,7 +116,26 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Volume(args) => runtime()?.block_on(volume_cmd::run(args)),
         Command::Image(args) => runtime()?.block_on(image_cmd::run(args)),
+        Command::Nbd(args) => runtime()?.block_on(nbd_cmd::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C).
+pub(crate) async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        // Without signal handlers the process can only be killed.
+        _ => std::future::pending::<()>().await,
     }
 }
 
