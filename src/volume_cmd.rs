@@ -60,6 +60,14 @@ enum VolumeCmd {
     },
     /// Show an option's value (or `all`).
     Get { name: String, key: String },
+    /// Heal a volume: `heal NAME` (copy what bricks missed), `heal NAME info`,
+    /// `heal NAME info split-brain`, `heal NAME split-brain source-brick BRICK`,
+    /// `heal NAME split-brain bigger-version`.
+    Heal {
+        name: String,
+        #[arg(num_args = 0..=3)]
+        args: Vec<String>,
+    },
 }
 
 pub async fn run(args: VolumeArgs) -> Result<()> {
@@ -131,6 +139,10 @@ pub async fn run(args: VolumeArgs) -> Result<()> {
             manage::set(&pool, &secret, &name, &key, &value).await?;
             println!("volume set: {name}: success");
         }
+        VolumeCmd::Heal { name, args } => {
+            let spec = manage::fetch(&pool, &secret, &name).await?;
+            heal(&spec, secret, &args).await?;
+        }
         VolumeCmd::Get { name, key } => {
             let opts = manage::get(&pool, &secret, &name, &key).await?;
             println!("{:<24} Value", "Option");
@@ -139,6 +151,110 @@ pub async fn run(args: VolumeArgs) -> Result<()> {
                 println!("{k:<24} {v}");
             }
         }
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> {
+    use volume::heal::{self, SplitBrainPolicy};
+    let name = &spec.name;
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let policy = match words.as_slice() {
+        [] => None,
+        ["info"] => {
+            let info = heal::heal_info(spec, secret).await?;
+            for b in &info.bricks {
+                println!(
+                    "Brick {} (set {}): {}",
+                    b.brick,
+                    b.set,
+                    if b.up { "online" } else { "offline" }
+                );
+                println!(
+                    "Number of entries: {} regions, {} pending",
+                    b.pending_regions,
+                    human(b.pending_bytes)
+                );
+            }
+            println!("Regions in split-brain: {}", info.split_brain.len());
+            if info.incomplete {
+                println!("(some brick could not be asked: the picture may be incomplete)");
+            }
+            return Ok(());
+        }
+        ["info", "split-brain"] => {
+            let info = heal::heal_info(spec, secret).await?;
+            if info.split_brain.is_empty() {
+                println!("No regions in split-brain");
+            }
+            for sb in &info.split_brain {
+                println!(
+                    "set {} object {}.{}.{} chunk {} region {}: bricks {}",
+                    sb.set,
+                    sb.object.volume,
+                    sb.object.vnode,
+                    sb.object.unique,
+                    sb.object.chunk,
+                    sb.region,
+                    sb.bricks.join(" <-> ")
+                );
+            }
+            return Ok(());
+        }
+        ["split-brain", "source-brick", brick] => {
+            if !spec.bricks.iter().any(|b| b == brick) {
+                bail!("{brick} is not a brick of volume {name}");
+            }
+            Some(SplitBrainPolicy::SourceBrick(brick.to_string()))
+        }
+        ["split-brain", "bigger-version"] => Some(SplitBrainPolicy::BiggerVersion),
+        _ => bail!(
+            "usage: stretto volume heal NAME [info | info split-brain | split-brain source-brick BRICK | split-brain bigger-version]"
+        ),
+    };
+    let report = match policy {
+        Some(p) => heal::resolve_split_brain(spec, secret, p).await?,
+        None => {
+            let mut regions = 0u64;
+            let mut bytes = 0u64;
+            let r = heal::heal_volume(spec, secret, |p| {
+                regions += 1;
+                bytes += p.bytes;
+                if regions % 64 == 0 {
+                    eprintln!(
+                        "heal {name}: {regions} regions, {} copied so far",
+                        human(bytes)
+                    );
+                }
+            })
+            .await?;
+            r
+        }
+    };
+    println!(
+        "volume heal: {name}: {} regions healed, {} copied, {} skipped, {} in split-brain",
+        report.regions_healed,
+        human(report.bytes_copied),
+        report.regions_skipped,
+        report.split_brain.len()
+    );
+    if !report.split_brain.is_empty() {
+        println!("see: stretto volume heal {name} info split-brain");
     }
     Ok(())
 }
