@@ -54,7 +54,8 @@ pub enum VolumeError {
         fid: Fid,
         detail: String,
     },
-    /// Every brick that is up is marked stale for the range.
+    /// Every brick that is up is marked stale for the range (a read, or a
+    /// change that would otherwise be acknowledged on stale copies only).
     #[error(
         "volume {volume}: no brick that is up has a good copy of {fid} chunk {chunk} at {offset}"
     )]

@@ -421,7 +421,7 @@ impl Replicate {
     ) -> Result<()> {
         self.load_marks(false).await;
         let oid = fid.chunk(chunk);
-        let mut up = self.up();
+        let up = self.up();
         if !self.quorum.met(&up) {
             return Err(self.no_quorum(op, &up));
         }
@@ -434,6 +434,27 @@ impl Replicate {
         } else {
             regions(offset, len)
         };
+        // A change must reach a brick that holds every acknowledged change
+        // of its regions (no one marks it stale there); acknowledging it on
+        // stale copies only would leave no complete copy anywhere.
+        let mut clean: Vec<bool> = (0..self.links.len())
+            .map(|i| up[i] && !self.stale_for(&oid, first, count, i))
+            .collect();
+        if !clean.iter().any(|g| *g) {
+            self.load_marks(true).await;
+            clean = (0..self.links.len())
+                .map(|i| up[i] && !self.stale_for(&oid, first, count, i))
+                .collect();
+        }
+        let no_good_copy = || VolumeError::NoGoodCopy {
+            volume: self.volume.clone(),
+            fid,
+            chunk,
+            offset,
+        };
+        if !clean.iter().any(|g| *g) {
+            return Err(no_good_copy());
+        }
         let leased = epochs.iter().any(|e| *e != 0);
         let targets: Vec<usize> = (0..self.links.len()).filter(|&i| up[i]).collect();
         if leased {
@@ -473,9 +494,11 @@ impl Replicate {
         if !missed.is_empty() && !good.is_empty() && count > 0 {
             self.add_pending(oid, first, count, &good, &missed).await?;
         }
-        up = ok;
-        if !self.quorum.met(&up) {
-            return Err(self.no_quorum(op, &up));
+        if !self.quorum.met(&ok) {
+            return Err(self.no_quorum(op, &ok));
+        }
+        if !(0..ok.len()).any(|i| ok[i] && clean[i]) {
+            return Err(no_good_copy());
         }
         Ok(())
     }

@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use transport::wire::{DataRef, MarksOp, MarksReq, WriteReq};
+use transport::{Payload, Request, Response, TcpClient};
 use volume::heal::{heal_info_with, heal_with, resolve_split_brain_with, SplitBrainPolicy};
 use volume::xlator::place;
 use volume::{Client, Fid, VolumeError, VolumeKind};
@@ -110,13 +112,53 @@ async fn split_brain_is_reported_and_resolved_only_by_policy() {
         .expect("write on brick 0 alone");
     cuts[1].restore();
     cuts[0].cut();
-    obj.write(0, b"BBBBBB")
+    // This client refuses to write where only a stale copy is up...
+    let e = obj
+        .write(0, b"BBBBBB")
         .await
-        .expect("write on brick 1 alone");
+        .expect_err("only a stale copy is up");
+    assert!(matches!(e, VolumeError::NoGoodCopy { .. }), "{e}");
+    // ...but another client partitioned with brick 1 alone (or an older
+    // one) may have: its write and its mark against brick 0, by hand.
+    let raw = TcpClient::connect(&addrs[1], pool.secret.clone(), client_opts())
+        .await
+        .expect("raw");
+    let (r, _) = raw
+        .call(
+            Request::Write(WriteReq {
+                object: fid.chunk(0),
+                offset: 0,
+                epoch: 0,
+                flags: 0,
+                crc32c: 0,
+                data: DataRef::None,
+            }),
+            Payload::Out(iobuf::IoBuf::from_slice(b"BBBBBB")),
+        )
+        .await
+        .expect("raw write");
+    assert!(matches!(r, Response::Write(_)), "{r:?}");
+    let (r, _) = raw
+        .call(
+            Request::Marks(MarksReq {
+                op: MarksOp::AddPending,
+                target: 0,
+                object: fid.chunk(0),
+                first: 0,
+                count: 1,
+                amount: 1,
+            }),
+            Payload::None,
+        )
+        .await
+        .expect("raw mark");
+    assert!(matches!(r, Response::Marks(_)), "{r:?}");
+    raw.close().await;
     // Brick 1 is marked stale and brick 0 is down: no good copy.
     let e = obj.read(0, 6).await.expect_err("no good copy");
     assert!(matches!(e, VolumeError::NoGoodCopy { .. }), "{e}");
     cuts[0].restore();
+    client.refresh_marks().await;
 
     let info = heal_info_with(&client).await.expect("info");
     assert_eq!(info.split_brain.len(), 1, "{info:?}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use volume::heal::heal_with;
-use volume::{Client, Fid, VolumeKind};
+use volume::{Client, Fid, VolumeError, VolumeKind};
 
 const CHUNK: u64 = 4 << 20;
 const TOTAL: usize = 32 << 20;
@@ -187,5 +187,55 @@ async fn hung_brick_costs_one_ping_timeout_then_rejoins() {
             assert!(c == want, "brick {a} chunk {chunk} differs");
         }
     }
+    client.close().await;
+}
+
+/// Replica 3, quorum auto, two brick processes SIGKILLed: writes fail with
+/// a clear error and reach no brick, reads go on from the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bricks_killed_writes_fail_reads_go_on() {
+    let pool = Pool::new();
+    let dirs: Vec<_> = (0..3).map(|i| pool.init_brick(i)).collect();
+    let mut bricks: Vec<ChildBrick> = dirs
+        .iter()
+        .map(|d| ChildBrick::start("child_brick", d, "127.0.0.1:0"))
+        .collect();
+    let addrs: Vec<String> = bricks.iter().map(|b| b.addr.to_string()).collect();
+    let spec = spec(
+        6,
+        VolumeKind::Replicate { replica: 3 },
+        addrs.clone(),
+        CHUNK,
+    );
+    let client = Client::connect_spec(spec, pool.secret.clone(), client_opts())
+        .await
+        .expect("connect");
+    let fid = Fid {
+        volume: 6,
+        vnode: 2,
+        unique: 2,
+    };
+    let obj = client.object(fid);
+    let data = bytes(6, 2 << 20);
+    obj.write(0, &data).await.expect("write with all up");
+    bricks[1].kill9();
+    bricks[2].kill9();
+    let (l1, l2) = (client.links()[1].clone(), client.links()[2].clone());
+    wait_until("the dead bricks to be noticed", || {
+        !l1.is_up() && !l2.is_up()
+    })
+    .await;
+    let e = obj.write(4096, b"refused").await.expect_err("below quorum");
+    assert_eq!(
+        e.to_string(),
+        "volume vol6: write needs 2 of 3 bricks, 1 up"
+    );
+    let e = obj.zero(0, 4096).await.expect_err("below quorum");
+    assert!(matches!(e, VolumeError::NoQuorum { .. }), "{e}");
+    assert!(obj.read(0, 2 << 20).await.expect("read") == data);
+    // Nothing of the refused changes reached the survivor.
+    let (c, size) = brick_chunk(&addrs[0], &pool.secret, fid.chunk(0), 2 << 20).await;
+    assert_eq!(size, Some(2 << 20));
+    assert!(c == data);
     client.close().await;
 }
