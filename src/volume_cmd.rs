@@ -325,7 +325,7 @@ async fn full_heal(
         println!("down (nothing copied to it): {b}");
     }
     if r.incomplete {
-        println!("some brick could not list its chunks: run the full heal again when it is up");
+        println!("some brick was down or could not list its chunks: run the full heal again when it is up");
     }
     if !r.objects_busy.is_empty() || !r.targets_down.is_empty() || r.incomplete {
         bail!("volume {name}: full heal incomplete");

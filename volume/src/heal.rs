@@ -499,8 +499,8 @@ pub struct FullHealReport {
     pub objects_busy: Vec<Fid>,
     /// Target bricks that were down (nothing copied to them).
     pub targets_down: Vec<String>,
-    /// Some source brick could not list its chunks: what it alone holds
-    /// was not copied.
+    /// Some source brick was down or could not list its chunks: what it
+    /// alone holds was not copied.
     pub incomplete: bool,
 }
 
@@ -603,9 +603,15 @@ pub async fn full_heal_with(
             FullHealTarget::Missing => (0..links.len()).collect(),
         };
         let up: Vec<bool> = links.iter().map(|l| l.is_up()).collect();
-        for &t in &targets {
-            if !up[t] {
-                report.targets_down.push(links[t].addr().to_owned());
+        for (i, l) in links.iter().enumerate() {
+            if up[i] {
+                continue;
+            }
+            if targets.contains(&i) {
+                report.targets_down.push(l.addr().to_owned());
+            } else {
+                // A down source may hold chunks no up brick does.
+                report.incomplete = true;
             }
         }
         // What each up brick holds.
