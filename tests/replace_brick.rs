@@ -204,9 +204,15 @@ fn replace_a_killed_brick_and_fill_the_new_one() {
     // Data on all three; then brick 2 dies and more is written without it.
     // 5M..6M and 7M..8M are never written (holes).
     let (nbd, uri) = nbd_serve(&b0, &secret);
-    qemu_io(&uri, &["write -P 0x3c 0 3M", "write -P 0x11 3M 100K", "flush"]);
+    qemu_io(
+        &uri,
+        &["write -P 0x3c 0 3M", "write -P 0x11 3M 100K", "flush"],
+    );
     pool.bricks[2].take().unwrap().kill9();
-    qemu_io(&uri, &["write -P 0x5a 4M 1M", "write -P 0x77 6M 4K", "flush"]);
+    qemu_io(
+        &uri,
+        &["write -P 0x5a 4M 1M", "write -P 0x77 6M 4K", "flush"],
+    );
     // The full heal skips objects a writer holds: stop the export first.
     stop(nbd);
 
@@ -225,7 +231,10 @@ fn replace_a_killed_brick_and_fill_the_new_one() {
     let out = pool.volume(0, &["replace-brick", "vm", &b2, &b3]);
     let stdout = ok(out.clone());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stdout.contains(&format!("{b2} replaced by {b3} in set 0")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{b2} replaced by {b3} in set 0")),
+        "{stdout}"
+    );
     assert!(stdout.contains("was unreachable"), "{stdout}");
     assert!(stdout.contains("0 objects busy"), "{stdout}");
     assert!(
@@ -254,6 +263,35 @@ fn replace_a_killed_brick_and_fill_the_new_one() {
                     .await
                     .unwrap(),
             );
+        }
+        // Each brick itself holds the new description, the new pool table
+        // and (B3) the image table.
+        for (i, c) in conns.iter().enumerate() {
+            for id in [volume_id, 0, volume::volfile::images_id(volume_id)] {
+                let (r, _) = c
+                    .call(
+                        Request::GetVolConfig(transport::wire::GetVolConfig { volume: id }),
+                        Payload::None,
+                    )
+                    .await
+                    .unwrap();
+                let Response::VolConfig(cfg) = r else {
+                    panic!("brick {i} lacks configuration {id}: {r:?}")
+                };
+                match volume::volfile::decode(&cfg.config).unwrap() {
+                    volume::volfile::Record::Volume(spec) => {
+                        assert_eq!(spec.bricks, vec![b0.clone(), b1.clone(), b3.clone()])
+                    }
+                    volume::volfile::Record::PoolTable(t) => {
+                        assert_eq!(
+                            t.volumes["vm"].bricks,
+                            vec![b0.clone(), b1.clone(), b3.clone()]
+                        )
+                    }
+                    volume::volfile::Record::Images(t) => assert!(t.images.contains_key("disk0")),
+                    other => panic!("brick {i} config {id}: {other:?}"),
+                }
+            }
         }
         let want = list(&conns[0], volume_id).await;
         // 0..3M, 3M (+100K), 4M, 6M and the size record.

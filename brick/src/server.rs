@@ -17,9 +17,9 @@ use storage::chunkmeta::RvmChunkMeta;
 use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
 use storage::rvm::{map::PMap, CommitMode, Rvm};
 use transport::wire::{
-    BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig,
-    ListChunksReq, ObjectId, PutVolConfig, ReadReply, StatReply, VolConfig, WriteReply,
-    CHUNKS_MORE, FLAG_FUA, MAX_CHUNK_ENTRIES,
+    BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig, ListChunksReq,
+    ObjectId, PutVolConfig, ReadReply, StatReply, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
+    MAX_CHUNK_ENTRIES,
 };
 use transport::{
     BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
@@ -111,12 +111,13 @@ impl Brick {
         let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
         let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
         let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
-        let store = ObjectStore::open(dir, meta.clone(), StoreOptions::default()).map_err(|source| {
-            BrickError::Store {
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
+        let store =
+            ObjectStore::open(dir, meta.clone(), StoreOptions::default()).map_err(|source| {
+                BrickError::Store {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
         Ok(Brick {
             info,
             dir: bdir,

@@ -850,7 +850,13 @@ pub async fn replace_brick(
     for b in &keep {
         change.add(b, entry.id, spec_gens[b], new_spec.generation, &spec_bytes);
     }
-    change.add(new, entry.id, new_spec_gen, new_spec.generation, &spec_bytes);
+    change.add(
+        new,
+        entry.id,
+        new_spec_gen,
+        new_spec.generation,
+        &spec_bytes,
+    );
     if let Some((_, c)) = images {
         let g = c.generation.max(new_img_gen + 1);
         change.add(new, img_id, new_img_gen, g, &c.config);
