@@ -405,6 +405,8 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         Just(Request::BrickStats),
+        (any::<u32>(), object())
+            .prop_map(|(volume, start)| Request::ListChunks(ListChunksReq { volume, start })),
     ]
 }
 
@@ -437,6 +439,20 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|generation| Response::VolConfigStored { generation }),
         proptest::collection::vec(any::<u64>(), 9 + LATENCY_BUCKETS)
             .prop_map(|f| Response::BrickStats(BrickStats::from_test_fields(f))),
+        (
+            0..=CHUNKS_MORE,
+            proptest::collection::vec(
+                (object(), any::<u64>(), any::<u64>()).prop_map(|(object, size, version)| {
+                    ChunkEntry {
+                        object,
+                        size,
+                        version,
+                    }
+                }),
+                0..20
+            )
+        )
+            .prop_map(|(flags, chunks)| Response::ListChunks(ChunkList { flags, chunks })),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
