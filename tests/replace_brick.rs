@@ -360,3 +360,64 @@ fn replace_a_killed_brick_and_fill_the_new_one() {
     let out = String::from_utf8_lossy(&again.stdout);
     assert!(out.contains("could not list its chunks"), "{out}");
 }
+
+/// The description configuration `id` on `brick`, decoded.
+fn config_on(brick: &str, secret: &std::path::Path, id: u32) -> volume::volfile::Record {
+    rt().block_on(async {
+        let s = Secret::load(secret).unwrap();
+        let c = TcpClient::connect(brick, s, ClientOptions::default())
+            .await
+            .unwrap();
+        let (r, _) = c
+            .call(
+                Request::GetVolConfig(transport::wire::GetVolConfig { volume: id }),
+                Payload::None,
+            )
+            .await
+            .unwrap();
+        let Response::VolConfig(cfg) = r else {
+            panic!("{brick} lacks configuration {id}: {r:?}")
+        };
+        volume::volfile::decode(&cfg.config).unwrap()
+    })
+}
+
+#[test]
+fn replace_a_live_brick_and_refuse_a_used_one() {
+    let pool = Pool::start(4);
+    let (b0, b1, b2, b3) = (pool.addr(0), pool.addr(1), pool.addr(2), pool.addr(3));
+    ok(pool.volume(0, &["create", "vm", "replica", "2", &b0, &b1]));
+    ok(pool.volume(0, &["create", "other", &b3]));
+
+    // NEW in another volume: one line, nothing changed.
+    let e = fails(pool.volume(0, &["replace-brick", "vm", &b1, &b3]));
+    assert!(
+        e.contains(&format!("{b3} is already a brick of volume other")),
+        "{e}"
+    );
+    let gens = |b: &str| match config_on(b, &pool.secret, 1) {
+        volume::volfile::Record::Volume(s) => (s.generation, s.bricks),
+        other => panic!("{other:?}"),
+    };
+    let before = gens(&b0);
+    assert_eq!(before.1, vec![b0.clone(), b1.clone()]);
+
+    // OLD alive: it is told too, and the new brick knows the pool.
+    let out = ok(pool.volume(0, &["replace-brick", "vm", &b1, &b2]));
+    assert!(
+        out.contains(&format!("{b1} replaced by {b2} in set 0")),
+        "{out}"
+    );
+    assert!(!out.contains("unreachable"), "{out}");
+    assert!(out.contains("0 chunks copied"), "{out}");
+    for b in [&b0, &b1, &b2] {
+        let (g, bricks) = gens(b);
+        assert_eq!(g, before.0 + 1, "{b}");
+        assert_eq!(bricks, vec![b0.clone(), b2.clone()], "{b}");
+    }
+    let list = ok(pool.volume(2, &["list"]));
+    assert!(list.contains("vm") && list.contains("other"), "{list}");
+    // The replaced brick is free again; the new one is taken.
+    let e = fails(pool.volume(2, &["replace-brick", "vm", &b1, &b3]));
+    assert!(e.contains("is not a brick of volume vm"), "{e}");
+}
