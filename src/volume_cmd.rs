@@ -288,6 +288,10 @@ async fn full_heal(
 ) -> Result<()> {
     use volume::heal::{self, FullHealTarget};
     let name = &spec.name;
+    let redo = match target {
+        FullHealTarget::Brick(b) => format!("stretto volume heal {name} full {b}"),
+        FullHealTarget::Missing => format!("stretto volume heal {name} full"),
+    };
     let r = heal::full_heal(spec, secret, target, |p| {
         eprintln!(
             "{what} {name}: set {}: chunk {}/{} ({}.{}.{} chunk {}) copied from {} to {} ({})",
@@ -304,13 +308,7 @@ async fn full_heal(
         );
     })
     .await
-    .with_context(|| {
-        let redo = match target {
-            FullHealTarget::Brick(b) => format!(" {b}"),
-            FullHealTarget::Missing => String::new(),
-        };
-        format!("full heal of volume {name} stopped; run `stretto volume heal {name} full{redo}` to finish it")
-    })?;
+    .with_context(|| format!("full heal of volume {name} stopped; run `{redo}` to finish it"))?;
     println!(
         "volume {what}: {name}: full heal: {} chunks copied, {} written, {} already present, {} objects busy",
         r.chunks_copied,
@@ -328,7 +326,7 @@ async fn full_heal(
         println!("some brick was down or could not list its chunks: run the full heal again when it is up");
     }
     if !r.objects_busy.is_empty() || !r.targets_down.is_empty() || r.incomplete {
-        bail!("volume {name}: full heal incomplete");
+        bail!("volume {name}: full heal incomplete; run `{redo}` again later");
     }
     Ok(())
 }

@@ -420,4 +420,11 @@ fn replace_a_live_brick_and_refuse_a_used_one() {
     // The replaced brick is free again; the new one is taken.
     let e = fails(pool.volume(2, &["replace-brick", "vm", &b1, &b3]));
     assert!(e.contains("is not a brick of volume vm"), "{e}");
+    // A replaced brick may be put back (its old description is replaced).
+    ok(pool.volume(2, &["replace-brick", "vm", &b2, &b1]));
+    for b in [&b0, &b1, &b2] {
+        let (g, bricks) = gens(b);
+        assert_eq!(g, before.0 + 2, "{b}");
+        assert_eq!(bricks, vec![b0.clone(), b1.clone()], "{b}");
+    }
 }

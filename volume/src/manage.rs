@@ -190,7 +190,7 @@ pub enum ManageError {
     NotInVolume { brick: String, name: String },
     #[error("brick {brick} is already a brick of volume {volume}")]
     BrickInUse { brick: String, volume: String },
-    #[error("brick {brick} holds volume {volume} under id {id}: it is not a fresh brick")]
+    #[error("brick {brick} holds another volume, {volume}, under id {id} (another pool?)")]
     NotFresh {
         brick: String,
         id: u32,
@@ -774,7 +774,10 @@ pub async fn replace_brick(
     let new_spec_gen = match s.get(new, entry.id).await? {
         None => 0,
         Some(c) => match decode_at(new, entry.id, &c.config)? {
-            Record::Volume(other) => {
+            // An old description of this very volume (a brick replaced
+            // earlier and now put back) is overwritten; another volume
+            // under this id means another pool.
+            Record::Volume(other) if other.name != name => {
                 return Err(ManageError::NotFresh {
                     brick: new.into(),
                     id: entry.id,
