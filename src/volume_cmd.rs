@@ -62,11 +62,19 @@ enum VolumeCmd {
     Get { name: String, key: String },
     /// Heal a volume: `heal NAME` (copy what bricks missed), `heal NAME info`,
     /// `heal NAME info split-brain`, `heal NAME split-brain source-brick BRICK`,
-    /// `heal NAME split-brain bigger-version`.
+    /// `heal NAME split-brain bigger-version`, `heal NAME full [BRICK]` (copy
+    /// every chunk to BRICK, or to every brick the chunks it lacks).
     Heal {
         name: String,
         #[arg(num_args = 0..=3)]
         args: Vec<String>,
+    },
+    /// Replace brick OLD of volume NAME (it may be down) with NEW (running,
+    /// empty, in no volume), then copy the set's data to NEW.
+    ReplaceBrick {
+        name: String,
+        old: String,
+        new: String,
     },
 }
 
@@ -142,6 +150,9 @@ pub async fn run(args: VolumeArgs) -> Result<()> {
         VolumeCmd::Heal { name, args } => {
             let spec = manage::fetch(&pool, &secret, &name).await?;
             heal(&spec, secret, &args).await?;
+        }
+        VolumeCmd::ReplaceBrick { name, old, new } => {
+            replace_brick(&pool, secret, &name, &old, &new).await?;
         }
         VolumeCmd::Get { name, key } => {
             let opts = manage::get(&pool, &secret, &name, &key).await?;
@@ -223,8 +234,16 @@ async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> 
             Some(SplitBrainPolicy::SourceBrick(brick.to_string()))
         }
         ["split-brain", "bigger-version"] => Some(SplitBrainPolicy::BiggerVersion),
+        ["full"] => return full_heal(spec, secret, &heal::FullHealTarget::Missing, "heal").await,
+        ["full", brick] => {
+            if !spec.bricks.iter().any(|b| b == brick) {
+                bail!("{brick} is not a brick of volume {name}");
+            }
+            let t = heal::FullHealTarget::Brick(brick.to_string());
+            return full_heal(spec, secret, &t, "heal").await;
+        }
         _ => bail!(
-            "usage: stretto volume heal NAME [info | info split-brain | split-brain source-brick BRICK | split-brain bigger-version]"
+            "usage: stretto volume heal NAME [info | info split-brain | split-brain source-brick BRICK | split-brain bigger-version | full [BRICK]]"
         ),
     };
     let report = match policy {
@@ -257,6 +276,80 @@ async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> 
         println!("see: stretto volume heal {name} info split-brain");
     }
     Ok(())
+}
+
+/// Runs a full heal with progress lines on stderr and a summary on stdout;
+/// fails (exit 1) if anything was left uncopied, so scripts can retry.
+async fn full_heal(
+    spec: &VolumeSpec,
+    secret: Secret,
+    target: &volume::heal::FullHealTarget,
+    what: &str,
+) -> Result<()> {
+    use volume::heal::{self, FullHealTarget};
+    let name = &spec.name;
+    let redo = match target {
+        FullHealTarget::Brick(b) => format!("stretto volume heal {name} full {b}"),
+        FullHealTarget::Missing => format!("stretto volume heal {name} full"),
+    };
+    let r = heal::full_heal(spec, secret, target, |p| {
+        eprintln!(
+            "{what} {name}: set {}: chunk {}/{} ({}.{}.{} chunk {}) copied from {} to {} ({})",
+            p.set,
+            p.done,
+            p.total,
+            p.object.volume,
+            p.object.vnode,
+            p.object.unique,
+            p.object.chunk,
+            p.source,
+            p.target,
+            human(p.bytes)
+        );
+    })
+    .await
+    .with_context(|| format!("full heal of volume {name} stopped; run `{redo}` to finish it"))?;
+    println!(
+        "volume {what}: {name}: full heal: {} chunks copied, {} written, {} already present, {} objects busy",
+        r.chunks_copied,
+        human(r.bytes_copied),
+        r.chunks_present,
+        r.objects_busy.len()
+    );
+    for f in &r.objects_busy {
+        println!("busy (a writer holds it; run the full heal again later): object {f}");
+    }
+    for b in &r.targets_down {
+        println!("down (nothing copied to it): {b}");
+    }
+    if r.incomplete {
+        println!("some brick was down or could not list its chunks: run the full heal again when it is up");
+    }
+    if !r.objects_busy.is_empty() || !r.targets_down.is_empty() || r.incomplete {
+        bail!("volume {name}: full heal incomplete; run `{redo}` again later");
+    }
+    Ok(())
+}
+
+async fn replace_brick(
+    pool: &[String],
+    secret: Secret,
+    name: &str,
+    old: &str,
+    new: &str,
+) -> Result<()> {
+    let r = manage::replace_brick(pool, &secret, name, old, new).await?;
+    println!(
+        "volume replace-brick: {name}: {old} replaced by {new} in set {} (generation {})",
+        r.set, r.spec.generation
+    );
+    if !r.old_reachable {
+        println!(
+            "note: {old} was unreachable; if it comes back it holds an older description and is no longer part of {name}"
+        );
+    }
+    let t = volume::heal::FullHealTarget::Brick(new.to_string());
+    full_heal(&r.spec, secret, &t, "replace-brick").await
 }
 
 /// `[replica N] BRICK...`

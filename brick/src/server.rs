@@ -17,8 +17,9 @@ use storage::chunkmeta::RvmChunkMeta;
 use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
 use storage::rvm::{map::PMap, CommitMode, Rvm};
 use transport::wire::{
-    BrickStats, DataRef, ErrorCode, ErrorReply, GetVolConfig, ObjectId, PutVolConfig, ReadReply,
-    StatReply, VolConfig, WriteReply, FLAG_FUA,
+    BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig, ListChunksReq,
+    ObjectId, PutVolConfig, ReadReply, StatReply, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
+    MAX_CHUNK_ENTRIES,
 };
 use transport::{
     BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
@@ -45,6 +46,8 @@ pub struct Brick {
     dir: BrickDir,
     rvm: Arc<Rvm>,
     store: ObjectStore,
+    /// The store's chunk metadata, also read directly to list chunks.
+    meta: Arc<RvmChunkMeta>,
     volconfig: PMap,
     leases: Leases,
     marks: Marks,
@@ -108,17 +111,19 @@ impl Brick {
         let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
         let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
         let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
-        let store = ObjectStore::open(dir, meta, StoreOptions::default()).map_err(|source| {
-            BrickError::Store {
-                path: dir.to_path_buf(),
-                source,
-            }
-        })?;
+        let store =
+            ObjectStore::open(dir, meta.clone(), StoreOptions::default()).map_err(|source| {
+                BrickError::Store {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
         Ok(Brick {
             info,
             dir: bdir,
             rvm,
             store,
+            meta,
             volconfig,
             leases,
             marks,
@@ -246,6 +251,42 @@ impl Brick {
         }
     }
 
+    /// The chunks of one volume from `start` on, in id order. The whole
+    /// metadata map is scanned per call: listing is rare (full heals only)
+    /// and this keeps the map's key order out of the reply's meaning.
+    fn list_chunks(&self, l: &ListChunksReq) -> Response {
+        let all = match self.meta.all() {
+            Ok(all) => all,
+            Err(e) => return err(ErrorCode::Io, e.to_string()),
+        };
+        let start = ObjectId {
+            volume: l.volume,
+            ..l.start
+        };
+        let mut chunks: Vec<ChunkEntry> = all
+            .into_iter()
+            .filter(|(c, _)| c.fid.volume == l.volume)
+            .map(|(c, m)| ChunkEntry {
+                object: ObjectId {
+                    volume: c.fid.volume,
+                    vnode: c.fid.vnode,
+                    unique: c.fid.unique,
+                    chunk: c.index,
+                },
+                size: m.size,
+                version: m.version,
+            })
+            .filter(|e| e.object >= start)
+            .collect();
+        chunks.sort();
+        let mut flags = 0;
+        if chunks.len() > MAX_CHUNK_ENTRIES {
+            chunks.truncate(MAX_CHUNK_ENTRIES);
+            flags |= CHUNKS_MORE;
+        }
+        Response::ListChunks(ChunkList { flags, chunks })
+    }
+
     fn get_volconfig(&self, g: &GetVolConfig) -> Response {
         match self.volconfig.get(&*self.rvm, &g.volume.to_le_bytes()) {
             Err(e) => err(ErrorCode::Io, e.to_string()),
@@ -366,6 +407,7 @@ impl Brick {
                 Ok(reply) => Response::Marks(reply),
                 Err((code, msg)) => err(code, msg),
             },
+            Request::ListChunks(l) => self.list_chunks(&l),
             Request::Hello(_) | Request::Auth(_) => {
                 err(ErrorCode::Invalid, "already authenticated")
             }

@@ -20,14 +20,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use transport::wire::{Mark, MarksOp, MarksReq, ObjectId, ObjectReq, MARKS_MORE, REGION_SIZE};
+use transport::wire::{
+    ChunkEntry, ListChunksReq, Mark, MarksOp, MarksReq, ObjectId, ObjectReq, CHUNKS_MORE,
+    MARKS_MORE, REGION_SIZE,
+};
 use transport::{ClientOptions, Payload, Request, Response, Secret};
 
 use crate::client::Client;
 use crate::error::{Result, VolumeError};
 use crate::replicate::Replicate;
 use crate::spec::VolumeSpec;
-use crate::xlator::{Fid, LeaseAction, Translator};
+use crate::xlator::{Fid, LeaseAction, Translator, SIZE_CHUNK};
 
 /// Lease heal holds on an object while it copies regions of it.
 const HEAL_LEASE_MS: u32 = 30_000;
@@ -456,6 +459,296 @@ pub async fn resolve_split_brain(
 ) -> Result<HealReport> {
     let client = connect(spec, secret).await?;
     let r = resolve_split_brain_with(&client, policy).await;
+    client.close().await;
+    r
+}
+
+// ---------------------------------------------------------------------
+// Full heal: filling a brick that has no marks to heal from (a brick that
+// just replaced another one), by listing what the other bricks of its set
+// hold.
+
+/// One chunk copied by a full heal, reported as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullHealProgress {
+    pub set: usize,
+    /// The brick filled (`HOST:PORT`).
+    pub target: String,
+    /// The brick copied from.
+    pub source: String,
+    pub object: ObjectId,
+    /// Data bytes written to the target for this chunk (holes are punched,
+    /// not written).
+    pub bytes: u64,
+    /// Chunks handled so far in this set, and how many it has.
+    pub done: u64,
+    pub total: u64,
+}
+
+/// What a full heal did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FullHealReport {
+    /// Chunks copied (per target brick).
+    pub chunks_copied: u64,
+    /// Data bytes written to targets.
+    pub bytes_copied: u64,
+    /// Chunks a target already held in full (catch-up mode only).
+    pub chunks_present: u64,
+    /// Objects skipped because a writer holds their lease (or the lease
+    /// could not be had): run the full heal again later.
+    pub objects_busy: Vec<Fid>,
+    /// Target bricks that were down (nothing copied to them).
+    pub targets_down: Vec<String>,
+    /// Some source brick was down or could not list its chunks: what it
+    /// alone holds was not copied.
+    pub incomplete: bool,
+}
+
+/// Every chunk of `volume` brick `i` of `set` holds, asked page by page.
+async fn list_chunks(set: &Replicate, i: usize, volume: u32) -> Option<Vec<ChunkEntry>> {
+    let mut out = Vec::new();
+    let mut start = ObjectId {
+        volume,
+        vnode: 0,
+        unique: 0,
+        chunk: 0,
+    };
+    loop {
+        let a = set
+            .fan_out(&[i], |_| {
+                (
+                    Request::ListChunks(ListChunksReq { volume, start }),
+                    Payload::None,
+                )
+            })
+            .await;
+        let r = match a.into_iter().next() {
+            Some((_, Ok((Response::ListChunks(r), _)))) => r,
+            _ => return None,
+        };
+        let more = r.flags & CHUNKS_MORE != 0;
+        let Some(last) = r.chunks.last().map(|c| c.object) else {
+            return Some(out);
+        };
+        out.extend(r.chunks);
+        if !more {
+            return Some(out);
+        }
+        // The next page starts just after the last id listed.
+        start = match last.chunk.checked_add(1) {
+            Some(chunk) => ObjectId { chunk, ..last },
+            None => match last.unique.checked_add(1) {
+                Some(unique) => ObjectId {
+                    unique,
+                    chunk: 0,
+                    ..last
+                },
+                None => match last.vnode.checked_add(1) {
+                    Some(vnode) => ObjectId {
+                        vnode,
+                        unique: 0,
+                        chunk: 0,
+                        ..last
+                    },
+                    None => return Some(out),
+                },
+            },
+        };
+    }
+}
+
+/// Which bricks a full heal fills.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FullHealTarget {
+    /// Copy every chunk the other bricks of its set hold to this brick
+    /// (`HOST:PORT`), whatever it already holds: after `replace-brick`,
+    /// or to redo one that was interrupted.
+    Brick(String),
+    /// Catch up every brick: copy to it the chunks some other brick of
+    /// its set holds that it lacks or holds shorter.
+    Missing,
+}
+
+/// Full heal through `client`. For each set and each chunk of the volume
+/// any up brick of the set (other than the target) holds, the source is
+/// the holder with the largest size (ties: bigger version, then set order).
+/// Each chunk is copied region by region in order (holes punched, not
+/// written), durably, under the object's lease as heal holds it; an object
+/// whose lease a writer holds is skipped and reported. Copying regions in
+/// order means an interrupted copy leaves a chunk shorter than its source,
+/// which [`FullHealTarget::Missing`] then copies again.
+pub async fn full_heal_with(
+    client: &Client,
+    target: &FullHealTarget,
+    mut progress: impl FnMut(&FullHealProgress),
+) -> Result<FullHealReport> {
+    let volume = client.spec().id;
+    let name = client.spec().name.clone();
+    let mut report = FullHealReport::default();
+    if let FullHealTarget::Brick(b) = target {
+        if !client.spec().bricks.iter().any(|x| x == b) {
+            return Err(VolumeError::Heal {
+                volume: name,
+                reason: format!("brick {b} is not in the volume"),
+            });
+        }
+    }
+    for (s, set) in client.sets().iter().enumerate() {
+        let links = set.links();
+        let targets: Vec<usize> = match target {
+            FullHealTarget::Brick(b) => match links.iter().position(|l| l.addr() == b) {
+                Some(t) => vec![t],
+                None => continue,
+            },
+            FullHealTarget::Missing => (0..links.len()).collect(),
+        };
+        let up: Vec<bool> = links.iter().map(|l| l.is_up()).collect();
+        for (i, l) in links.iter().enumerate() {
+            if up[i] {
+                continue;
+            }
+            if targets.contains(&i) {
+                report.targets_down.push(l.addr().to_owned());
+            } else {
+                // A down source may hold chunks no up brick does.
+                report.incomplete = true;
+            }
+        }
+        // What each up brick holds.
+        let mut held: Vec<Option<BTreeMap<ObjectId, ChunkEntry>>> = vec![None; links.len()];
+        for i in 0..links.len() {
+            if !up[i] {
+                continue;
+            }
+            match list_chunks(set, i, volume).await {
+                Some(l) => held[i] = Some(l.into_iter().map(|c| (c.object, c)).collect()),
+                None => report.incomplete = true,
+            }
+        }
+        // chunk -> (source, [targets]).
+        let mut work: BTreeMap<ObjectId, (usize, Vec<usize>)> = BTreeMap::new();
+        for &t in &targets {
+            if !up[t] || held[t].is_none() && matches!(target, FullHealTarget::Missing) {
+                continue;
+            }
+            let mut all: BTreeSet<ObjectId> = BTreeSet::new();
+            for (i, h) in held.iter().enumerate() {
+                if i != t {
+                    all.extend(h.iter().flat_map(|h| h.keys().copied()));
+                }
+            }
+            for oid in all {
+                let mut src: Option<(u64, u64, usize)> = None;
+                for (i, h) in held.iter().enumerate() {
+                    if i == t {
+                        continue;
+                    }
+                    if let Some(c) = h.as_ref().and_then(|h| h.get(&oid)) {
+                        let better = src.is_none_or(|(sz, v, _)| (c.size, c.version) > (sz, v));
+                        if better {
+                            src = Some((c.size, c.version, i));
+                        }
+                    }
+                }
+                let Some((size, _, src)) = src else { continue };
+                if matches!(target, FullHealTarget::Missing) {
+                    let have = held[t].as_ref().and_then(|h| h.get(&oid)).map(|c| c.size);
+                    if have.is_some_and(|h| h >= size) {
+                        report.chunks_present += 1;
+                        continue;
+                    }
+                }
+                work.entry(oid).or_insert((src, Vec::new())).1.push(t);
+            }
+        }
+        let total = work.len() as u64;
+        let mut done = 0u64;
+        let mut by_fid: BTreeMap<Fid, Vec<(ObjectId, usize, Vec<usize>)>> = BTreeMap::new();
+        for (oid, (src, ts)) in work {
+            by_fid
+                .entry(Fid::of(&oid))
+                .or_default()
+                .push((oid, src, ts));
+        }
+        for (fid, chunks) in by_fid {
+            match set
+                .lease(
+                    fid,
+                    LeaseAction::Acquire {
+                        duration_ms: HEAL_LEASE_MS,
+                    },
+                )
+                .await
+            {
+                Err(e) => {
+                    tracing::info!(volume = %name, %fid, error = %e, "full heal skips an object it cannot lease");
+                    report.objects_busy.push(fid);
+                    done += chunks.len() as u64;
+                    continue;
+                }
+                Ok(o) if o.unclean => {
+                    if let Err(e) = set.settle(fid).await {
+                        let _ = set.lease(fid, LeaseAction::Release).await;
+                        return Err(e);
+                    }
+                }
+                Ok(_) => {}
+            }
+            let epochs = set.epochs(fid);
+            let result = async {
+                for (oid, src, ts) in chunks {
+                    let size = held[src]
+                        .as_ref()
+                        .and_then(|h| h.get(&oid))
+                        .map_or(0, |c| c.size);
+                    let regions = if oid.chunk == SIZE_CHUNK {
+                        1
+                    } else {
+                        size.div_ceil(REGION_SIZE)
+                    };
+                    let mut bytes = 0;
+                    for region in 0..regions {
+                        let Ok(region) = u32::try_from(region) else {
+                            break;
+                        };
+                        bytes += set.copy_region(oid, region, src, &ts, &epochs).await?;
+                    }
+                    done += 1;
+                    for &t in &ts {
+                        report.chunks_copied += 1;
+                        report.bytes_copied += bytes;
+                        progress(&FullHealProgress {
+                            set: s,
+                            target: links[t].addr().to_owned(),
+                            source: links[src].addr().to_owned(),
+                            object: oid,
+                            bytes,
+                            done,
+                            total,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            let _ = set.lease(fid, LeaseAction::Release).await;
+            result?;
+        }
+    }
+    Ok(report)
+}
+
+/// `stretto volume heal VOL full [BRICK]` and the copy step of
+/// `stretto volume replace-brick`: connects to the volume and runs
+/// [`full_heal_with`].
+pub async fn full_heal(
+    spec: &VolumeSpec,
+    secret: Secret,
+    target: &FullHealTarget,
+    progress: impl FnMut(&FullHealProgress),
+) -> Result<FullHealReport> {
+    let client = connect(spec, secret).await?;
+    let r = full_heal_with(&client, target, progress).await;
     client.close().await;
     r
 }

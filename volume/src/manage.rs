@@ -186,6 +186,16 @@ pub enum ManageError {
     },
     #[error("volume {volume} has used every image vnode")]
     VnodesExhausted { volume: String },
+    #[error("brick {brick} is not a brick of volume {name}")]
+    NotInVolume { brick: String, name: String },
+    #[error("brick {brick} is already a brick of volume {volume}")]
+    BrickInUse { brick: String, volume: String },
+    #[error("brick {brick} holds another volume, {volume}, under id {id} (another pool?)")]
+    NotFresh {
+        brick: String,
+        id: u32,
+        volume: String,
+    },
     #[error("{what} stopped part way: {done} of {total} writes committed; the next change to it completes it")]
     PartialCommit {
         what: String,
@@ -703,6 +713,170 @@ async fn modify(
     }
     s.apply(change, &format!("changing volume {name}")).await?;
     Ok(new)
+}
+
+/// What [`replace_brick`] did.
+#[derive(Debug, Clone)]
+pub struct Replaced {
+    /// The new description (the new brick in the old one's place).
+    pub spec: VolumeSpec,
+    /// Set index of the replaced brick.
+    pub set: usize,
+    /// Was the old brick reachable (and so told it is out)? When it was
+    /// not, it keeps the description it had, at an older generation,
+    /// listing itself; the bricks that count no longer list it.
+    pub old_reachable: bool,
+}
+
+/// `stretto volume replace-brick NAME OLD NEW`: puts brick `new` (running,
+/// same pool secret, in no volume) in `old`'s place in volume `name`'s
+/// brick list (same set, same position), all-or-nothing, on every
+/// reachable brick of the volume, every brick of the pool (for the table)
+/// and `new`, which also gets the volume's image table. `old` may be down:
+/// the change is then made without it. It does not copy data: see
+/// [`crate::heal::full_heal`].
+pub async fn replace_brick(
+    pool: &[String],
+    secret: &Secret,
+    name: &str,
+    old: &str,
+    new: &str,
+) -> Result<Replaced, ManageError> {
+    check_bricks(VolumeKind::Distribute, &[new.to_string()])?;
+    let mut s = Session::new(secret);
+    let view = s.read_table(pool).await?;
+    let entry = view
+        .table
+        .volumes
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let Some(pos) = entry.bricks.iter().position(|b| b == old) else {
+        return Err(ManageError::NotInVolume {
+            brick: old.into(),
+            name: name.into(),
+        });
+    };
+    if let Some((v, _)) = view
+        .table
+        .volumes
+        .iter()
+        .find(|(_, e)| e.bricks.iter().any(|b| b == new))
+    {
+        return Err(ManageError::BrickInUse {
+            brick: new.into(),
+            volume: v.clone(),
+        });
+    }
+    // The new brick must answer (and so share the secret) before anything
+    // is read or written elsewhere.
+    s.connect(new).await?;
+    let new_spec_gen = match s.get(new, entry.id).await? {
+        None => 0,
+        Some(c) => match decode_at(new, entry.id, &c.config)? {
+            // An old description of this very volume (a brick replaced
+            // earlier and now put back) is overwritten; another volume
+            // under this id means another pool.
+            Record::Volume(other) if other.name != name => {
+                return Err(ManageError::NotFresh {
+                    brick: new.into(),
+                    id: entry.id,
+                    volume: other.name,
+                })
+            }
+            _ => c.generation,
+        },
+    };
+    let old_reachable = match s.connect(old).await {
+        Ok(_) => true,
+        Err(ManageError::Unreachable { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    // The bricks that decide: the volume's, without the old one if it is
+    // down.
+    let keep: Vec<String> = entry
+        .bricks
+        .iter()
+        .filter(|b| old_reachable || b.as_str() != old)
+        .cloned()
+        .collect();
+    let spec_entry = PoolEntry {
+        id: entry.id,
+        bricks: keep.clone(),
+    };
+    let (spec_gens, spec) = s.current_spec(name, &spec_entry).await?;
+    let set = match spec.kind {
+        VolumeKind::Replicate { replica } => pos / replica.max(1) as usize,
+        VolumeKind::Distribute => pos,
+    };
+    let mut new_spec = spec.clone();
+    if new_spec.bricks.get(pos).map(String::as_str) != Some(old) {
+        // The table and the description disagree on where the brick is:
+        // go by the description.
+        let Some(p) = new_spec.bricks.iter().position(|b| b == old) else {
+            return Err(ManageError::NotInVolume {
+                brick: old.into(),
+                name: name.into(),
+            });
+        };
+        new_spec.bricks[p] = new.to_string();
+    } else {
+        new_spec.bricks[pos] = new.to_string();
+    }
+    new_spec.generation = spec.generation.max(new_spec_gen) + 1;
+    let spec_bytes = volfile::encode_spec(&new_spec).map_err(ManageError::Encode)?;
+
+    // The image table, for the new brick.
+    let img_id = images_id(entry.id);
+    let keep_set: BTreeSet<String> = keep.iter().cloned().collect();
+    let (_, images) = s.agree(&keep_set, img_id).await?;
+    let new_img_gen = s.get(new, img_id).await?.map_or(0, |c| c.generation);
+
+    // The pool table: every member but a down old brick, plus the new one.
+    let members: BTreeSet<String> = view
+        .table
+        .members()
+        .into_iter()
+        .filter(|b| old_reachable || b.as_str() != old)
+        .collect();
+    let (mut table_gens, _) = s.agree(&members, POOL_TABLE_ID).await?;
+    let new_table_seen = s.get(new, POOL_TABLE_ID).await?.map_or(0, |c| c.generation);
+    table_gens.insert(new.to_string(), new_table_seen);
+    let table_gen = table_gens.values().copied().max().unwrap_or(0) + 1;
+    let mut table = view.table.clone();
+    if let Some(e) = table.volumes.get_mut(name) {
+        e.bricks = new_spec.bricks.clone();
+    }
+    let table_bytes = volfile::encode(&Record::PoolTable(table)).map_err(ManageError::Encode)?;
+
+    let mut change = Change::default();
+    for b in &keep {
+        change.add(b, entry.id, spec_gens[b], new_spec.generation, &spec_bytes);
+    }
+    change.add(
+        new,
+        entry.id,
+        new_spec_gen,
+        new_spec.generation,
+        &spec_bytes,
+    );
+    if let Some((_, c)) = images {
+        let g = c.generation.max(new_img_gen + 1);
+        change.add(new, img_id, new_img_gen, g, &c.config);
+    }
+    for (b, seen) in &table_gens {
+        change.add(b, POOL_TABLE_ID, *seen, table_gen, &table_bytes);
+    }
+    s.apply(
+        change,
+        &format!("replacing brick {old} of volume {name} with {new}"),
+    )
+    .await?;
+    Ok(Replaced {
+        spec: new_spec,
+        set,
+        old_reachable,
+    })
 }
 
 // ---------------------------------------------------------------------

@@ -37,9 +37,11 @@
 //! ([`BodyError`]) leaves the framing intact: the receiver answers it with an
 //! error reply and carries on.
 
+mod chunks;
 mod ha;
 mod msg;
 
+pub use chunks::*;
 pub use ha::*;
 pub use msg::*;
 

@@ -10,6 +10,7 @@
 //! [`DataRef`], and the frame header's `data_len` must equal the inline length
 //! it names.
 
+use super::chunks::{ChunkList, ListChunksReq};
 use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
@@ -37,6 +38,8 @@ pub enum Opcode {
     Lease = 0x40,
     /// Pending and active region marks (see `wire::ha`).
     Marks = 0x41,
+    /// The chunks of a volume a brick holds (see `wire::chunks`).
+    ListChunks = 0x42,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -61,6 +64,7 @@ impl Opcode {
             0x30 => BrickStats,
             0x40 => Lease,
             0x41 => Marks,
+            0x42 => ListChunks,
             0x7f => Error,
             _ => return None,
         })
@@ -715,6 +719,7 @@ pub enum Request {
     BrickStats,
     Lease(LeaseReq),
     Marks(MarksReq),
+    ListChunks(ListChunksReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
@@ -740,6 +745,7 @@ pub enum Response {
     BrickStats(BrickStats),
     Lease(LeaseReply),
     Marks(MarksReply),
+    ListChunks(ChunkList),
     Error(ErrorReply),
 }
 
@@ -861,6 +867,7 @@ impl Request {
             Request::BrickStats => Opcode::BrickStats,
             Request::Lease(_) => Opcode::Lease,
             Request::Marks(_) => Opcode::Marks,
+            Request::ListChunks(_) => Opcode::ListChunks,
         }
     }
 
@@ -941,6 +948,7 @@ impl Request {
             Request::BrickStats => {}
             Request::Lease(l) => l.encode(out),
             Request::Marks(m) => m.encode(out),
+            Request::ListChunks(l) => l.encode(out),
         }
     }
 
@@ -1031,6 +1039,7 @@ impl Request {
             }
             Opcode::Lease => Request::Lease(LeaseReq::decode(b)?),
             Opcode::Marks => Request::Marks(MarksReq::decode(b)?),
+            Opcode::ListChunks => Request::ListChunks(ListChunksReq::decode(b)?),
             Opcode::Error => return Err(BodyError::NotARequest { opcode: op }),
         };
         check_data_len(op, data_len, req.inline_data_len())?;
@@ -1057,6 +1066,7 @@ impl Response {
             Response::BrickStats(_) => Opcode::BrickStats,
             Response::Lease(_) => Opcode::Lease,
             Response::Marks(_) => Opcode::Marks,
+            Response::ListChunks(_) => Opcode::ListChunks,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1140,6 +1150,7 @@ impl Response {
             }
             Response::Lease(l) => l.encode(out),
             Response::Marks(m) => m.encode(out),
+            Response::ListChunks(l) => l.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1246,6 +1257,7 @@ impl Response {
             }
             Opcode::Lease => Response::Lease(LeaseReply::decode(b)?),
             Opcode::Marks => Response::Marks(MarksReply::decode(b)?),
+            Opcode::ListChunks => Response::ListChunks(ChunkList::decode(b)?),
             Opcode::Error => {
                 if b.len() < ER_FIXED {
                     return Err(BodyError::Length {

@@ -405,6 +405,8 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         Just(Request::BrickStats),
+        (any::<u32>(), object())
+            .prop_map(|(volume, start)| Request::ListChunks(ListChunksReq { volume, start })),
     ]
 }
 
@@ -437,6 +439,20 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|generation| Response::VolConfigStored { generation }),
         proptest::collection::vec(any::<u64>(), 9 + LATENCY_BUCKETS)
             .prop_map(|f| Response::BrickStats(BrickStats::from_test_fields(f))),
+        (
+            0..=CHUNKS_MORE,
+            proptest::collection::vec(
+                (object(), any::<u64>(), any::<u64>()).prop_map(|(object, size, version)| {
+                    ChunkEntry {
+                        object,
+                        size,
+                        version,
+                    }
+                }),
+                0..20
+            )
+        )
+            .prop_map(|(flags, chunks)| Response::ListChunks(ChunkList { flags, chunks })),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
@@ -552,4 +568,100 @@ proptest! {
         // CRC32C catches every single-bit error in header and body.
         prop_assert!(decode_one(&bad).is_err());
     }
+}
+
+/// `ListChunks` body: volume 7, start (7, 2, 1) chunk 3.
+#[rustfmt::skip]
+const LIST_CHUNKS_BODY: [u8; 32] = [
+    0x07, 0x00, 0x00, 0x00,                         // volume 7
+    0x00, 0x00, 0x00, 0x00,                         // reserved
+    0x07, 0x00, 0x00, 0x00,                         // start.volume 7
+    0x02, 0x00, 0x00, 0x00,                         // start.vnode 2
+    0x01, 0x00, 0x00, 0x00,                         // start.unique 1
+    0x00, 0x00, 0x00, 0x00,                         // start.reserved
+    0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // start.chunk 3
+];
+
+/// `ListChunks` reply body: one chunk (7, 2, 1) chunk 3, size 0x100000,
+/// version 9, list cut (MORE).
+#[rustfmt::skip]
+const CHUNK_LIST_BODY: [u8; 48] = [
+    0x01, 0x00, 0x00, 0x00,                         // count 1
+    0x01, 0x00, 0x00, 0x00,                         // flags MORE
+    0x07, 0x00, 0x00, 0x00,                         // object.volume 7
+    0x02, 0x00, 0x00, 0x00,                         // object.vnode 2
+    0x01, 0x00, 0x00, 0x00,                         // object.unique 1
+    0x00, 0x00, 0x00, 0x00,                         // object.reserved
+    0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // object.chunk 3
+    0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, // size 0x100000
+    0x09, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // version 9
+];
+
+fn list_chunks_fixture() -> (Request, Response) {
+    let object = ObjectId {
+        volume: 7,
+        vnode: 2,
+        unique: 1,
+        chunk: 3,
+    };
+    (
+        Request::ListChunks(ListChunksReq {
+            volume: 7,
+            start: object,
+        }),
+        Response::ListChunks(ChunkList {
+            flags: CHUNKS_MORE,
+            chunks: vec![ChunkEntry {
+                object,
+                size: 0x10_0000,
+                version: 9,
+            }],
+        }),
+    )
+}
+
+#[test]
+fn list_chunks_fixtures() {
+    let (req, resp) = list_chunks_fixture();
+    let mut out = Vec::new();
+    req.encode_body(&mut out);
+    assert_eq!(out, LIST_CHUNKS_BODY);
+    assert_eq!(Request::decode(0x42, &LIST_CHUNKS_BODY, 0), Ok(req));
+    let mut out = Vec::new();
+    resp.encode_body(&mut out);
+    assert_eq!(out, CHUNK_LIST_BODY);
+    assert_eq!(Response::decode(0x42, &CHUNK_LIST_BODY, 0), Ok(resp));
+}
+
+#[test]
+fn list_chunks_rejects_bad_bodies() {
+    let mut bad = LIST_CHUNKS_BODY;
+    bad[4] = 1;
+    assert!(matches!(
+        Request::decode(0x42, &bad, 0),
+        Err(BodyError::Reserved { .. })
+    ));
+    assert!(matches!(
+        Request::decode(0x42, &LIST_CHUNKS_BODY[..31], 0),
+        Err(BodyError::Length { .. })
+    ));
+    let mut bad = CHUNK_LIST_BODY;
+    bad[4] = 2;
+    assert!(matches!(
+        Response::decode(0x42, &bad, 0),
+        Err(BodyError::UnknownFlags { .. })
+    ));
+    // A count the body does not hold.
+    let mut bad = CHUNK_LIST_BODY;
+    bad[0] = 2;
+    assert!(matches!(
+        Response::decode(0x42, &bad, 0),
+        Err(BodyError::Length { .. })
+    ));
+    let mut bad = CHUNK_LIST_BODY;
+    bad[0..4].copy_from_slice(&(MAX_CHUNK_ENTRIES as u32 + 1).to_le_bytes());
+    assert!(matches!(
+        Response::decode(0x42, &bad, 0),
+        Err(BodyError::TooLong { .. })
+    ));
 }
