@@ -85,7 +85,7 @@
 //!   the leader: it copies the tail (from the 4 KiB block holding the durable
 //!   end up to everything appended so far, zero-padded to 4 KiB) into an
 //!   aligned buffer, writes it with one `pwrite` (`O_DIRECT|O_DSYNC`) and
-//!   syncs, then wakes everyone whose record it covered. Commits appended
+//!   syncs, then wakes everyone whose record it covered (and one later waiter, to lead the next write). Commits appended
 //!   while a write is in flight ride the next one. The last partial block is
 //!   rewritten by the next write with the same bytes in its durable part, so a
 //!   torn rewrite cannot lose durable records (sectors are written whole).
@@ -129,6 +129,9 @@ pub use file::{DiskFile, RvmFile, RvmFiles};
 pub use format::{ROOT_SLOTS, SEG_HEADER_SIZE};
 
 use format::{LogHeader, SegmentHeader, BLOCK, LOG_DATA_START, SEG_FIXED_END, SEG_OFF_ROOTS};
+
+/// Smallest output buffer a log write allocates (it is then reused).
+const LOG_OUT_MIN: usize = 64 * 1024;
 
 /// Name of the segment file inside an RVM directory.
 pub const SEGMENT_FILE: &str = "rvm.seg";
@@ -313,6 +316,13 @@ struct LogState {
     durable_seq: u64,
     /// A leader is writing the tail.
     writing: bool,
+    /// Log writes started so far; the one in flight (if `writing`) is
+    /// number `write_gen`, and its waiters sleep on `durable_cv[write_gen % 2]`.
+    write_gen: u64,
+    /// The last sequence number the write in flight covers.
+    writing_seq: u64,
+    /// The leaders' aligned output buffer, kept between writes.
+    out: Option<IoBuf>,
     /// An I/O failed: no more commits until reopened.
     failed: bool,
     /// When the oldest not-yet-durable NoFlush commit was appended.
@@ -328,8 +338,9 @@ struct Inner {
     log_size: u64,
     mem: Mutex<Mem>,
     log_state: Mutex<LogState>,
-    /// Signalled when the durable sequence number moves or the log fails.
-    durable_cv: Condvar,
+    /// Signalled when a log write ends or the log fails: write number `g`
+    /// signals `durable_cv[g % 2]` (see `Inner::wait_durable`).
+    durable_cv: [Condvar; 2],
     /// Wakes the background flusher.
     flusher_cv: Condvar,
     background: bool,
@@ -592,12 +603,15 @@ impl Rvm {
                 appended_seq: seq - 1,
                 durable_seq: seq - 1,
                 writing: false,
+                write_gen: 0,
+                writing_seq: 0,
+                out: None,
                 failed: false,
                 noflush_since: None,
                 truncate_wanted: false,
                 shutdown: false,
             }),
-            durable_cv: Condvar::new(),
+            durable_cv: [Condvar::new(), Condvar::new()],
             flusher_cv: Condvar::new(),
             background,
             counters: Counters::default(),
@@ -758,6 +772,14 @@ impl Inner {
 
     /// Waits until record `seq` is durable, leading a log write when no one
     /// else is.
+    ///
+    /// Wake-ups are targeted: a waiter whose record the write in flight
+    /// covers sleeps on that write's condvar, which the leader broadcasts
+    /// when it is done (all of them are finished then); a waiter whose
+    /// record came too late sleeps on the next write's condvar, where the
+    /// leader wakes just one, to lead that write. The rest of them are
+    /// covered by it and sleep on until it completes. Nobody wakes only to
+    /// go back to sleep.
     fn wait_durable(&self, seq: u64) -> Result<(), RvmError> {
         let mut st = lock(&self.log_state);
         loop {
@@ -768,17 +790,33 @@ impl Inner {
                 return Err(RvmError::Poisoned);
             }
             if st.writing {
-                st = self.durable_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                let gen = if seq <= st.writing_seq {
+                    st.write_gen
+                } else {
+                    st.write_gen + 1
+                };
+                st = self.cv_of(gen).wait(st).unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             st.writing = true;
+            st.write_gen += 1;
+            let gen = st.write_gen;
             let base = st.buf_base;
             let target_end = st.append_end;
             let target_seq = st.appended_seq;
+            st.writing_seq = target_seq;
             let n = (target_end - base).next_multiple_of(BLOCK) as usize;
-            let mut out = IoBuf::alloc(n);
+            // One aligned buffer, reused by every leader (only the leader,
+            // `writing`, holds it), so a log write allocates nothing.
+            let mut out = match st.out.take() {
+                Some(b) if b.capacity() >= n => b,
+                _ => IoBuf::alloc(n.max(LOG_OUT_MIN)),
+            };
             out.set_len(n);
-            out.as_mut_slice()[..st.buf.len()].copy_from_slice(&st.buf);
+            let filled = st.buf.len();
+            out.as_mut_slice()[..filled].copy_from_slice(&st.buf);
+            // The padding must not carry bytes of an earlier write.
+            out.as_mut_slice()[filled..].fill(0);
             drop(st);
             let r = self
                 .log
@@ -786,9 +824,10 @@ impl Inner {
                 .and_then(|_| self.log.sync());
             st = lock(&self.log_state);
             st.writing = false;
-            self.durable_cv.notify_all();
+            st.out = Some(out);
             if let Err(source) = r {
                 st.failed = true;
+                self.notify_everyone();
                 return Err(RvmError::Io {
                     path: self.log.path().to_path_buf(),
                     source,
@@ -803,13 +842,34 @@ impl Inner {
             if st.durable_seq >= st.appended_seq {
                 st.noflush_since = None;
             }
+            // Everyone this write covered (and a truncation waiting for
+            // `writing` to clear) may go.
+            self.cv_of(gen).notify_all();
+            if st.appended_seq > st.durable_seq {
+                // Records appended meanwhile: one of their waiters leads
+                // the next write (if none is waiting, they are NoFlush
+                // records and the flusher takes care of them).
+                self.cv_of(gen + 1).notify_one();
+            }
+        }
+    }
+
+    /// The condvar of log write number `gen` (writes alternate between two).
+    fn cv_of(&self, gen: u64) -> &Condvar {
+        &self.durable_cv[(gen % 2) as usize]
+    }
+
+    /// Wakes every waiter (the log failed).
+    fn notify_everyone(&self) {
+        for cv in &self.durable_cv {
+            cv.notify_all();
         }
     }
 
     fn fail(&self) {
         let mut st = lock(&self.log_state);
         st.failed = true;
-        self.durable_cv.notify_all();
+        self.notify_everyone();
     }
 
     /// Truncation; the caller holds the memory lock, so no transaction is
@@ -846,7 +906,8 @@ impl Inner {
         }
         let mut st = lock(&self.log_state);
         while st.writing {
-            st = self.durable_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+            let gen = st.write_gen;
+            st = self.cv_of(gen).wait(st).unwrap_or_else(|e| e.into_inner());
         }
         if st.failed {
             return Err(RvmError::Poisoned);
@@ -864,7 +925,7 @@ impl Inner {
             .and_then(|_| self.log.sync())
         {
             st.failed = true;
-            self.durable_cv.notify_all();
+            self.notify_everyone();
             return Err(RvmError::Io {
                 path: self.log.path().to_path_buf(),
                 source,
@@ -1244,6 +1305,92 @@ impl Drop for Transaction<'_> {
     fn drop(&mut self) {
         if let Some(mut mem) = self.mem.take() {
             mem.restore(&self.saved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sim::{SimDisk, SimFileKind};
+    use super::*;
+
+    const THREADS: u64 = 12;
+    const PER_THREAD: u64 = 40;
+
+    fn slot(t: u64, i: u64) -> u64 {
+        SEG_HEADER_SIZE + (t * PER_THREAD + i) * 16
+    }
+
+    /// Targeted group-commit wake-ups under load: many committers (mostly
+    /// Flush, some NoFlush), inline truncations (a small log) and a thread
+    /// truncating on its own, which waits for the write in flight. Every
+    /// thread must finish (a lost wake-up would hang it), log writes must be
+    /// shared, and after a power cut keeping no unsynced byte every commit
+    /// must be there (each thread's last commit is a Flush).
+    #[test]
+    fn targeted_wakeups_lose_no_committer_and_no_commit() {
+        let disk = SimDisk::new();
+        let opts = RvmOptions {
+            segment_size: 64 << 10,
+            log_size: 32 << 10,
+            flush_delay: Duration::MAX,
+        };
+        let rvm = Arc::new(Rvm::create_with(disk.files(), &opts).expect("create"));
+        // Slow log writes down a little so that committers pile up behind
+        // them (scheduling only; nothing is asserted about time).
+        disk.set_write_hook(Some(Arc::new(|kind, _off, _len| {
+            if kind == SimFileKind::Log {
+                std::thread::yield_now();
+            }
+        })));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let truncator = s.spawn(|| {
+                let mut n = 0u32;
+                while !stop.load(Ordering::SeqCst) {
+                    rvm.truncate().expect("truncate");
+                    n += 1;
+                    std::thread::yield_now();
+                }
+                n
+            });
+            let committers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let rvm = &rvm;
+                    s.spawn(move || {
+                        for i in 0..PER_THREAD {
+                            let mut tx = rvm.begin();
+                            tx.write(slot(t, i), &(t << 32 | i).to_le_bytes())
+                                .expect("write");
+                            let mode = if i % 5 == 3 && i + 1 < PER_THREAD {
+                                CommitMode::NoFlush
+                            } else {
+                                CommitMode::Flush
+                            };
+                            tx.commit(mode).expect("commit");
+                        }
+                    })
+                })
+                .collect();
+            for c in committers {
+                c.join().expect("committer");
+            }
+            stop.store(true, Ordering::SeqCst);
+            assert!(truncator.join().expect("truncator") > 0);
+        });
+        let stats = rvm.stats();
+        assert_eq!(stats.commits, THREADS * PER_THREAD);
+        assert!(stats.truncations > 0);
+        disk.set_write_hook(None);
+        disk.fail_after(0);
+        drop(rvm);
+        disk.crash(&mut || false);
+        let rvm = Rvm::open_with(disk.files(), &opts).expect("reopen");
+        for t in 0..THREADS {
+            for i in 0..PER_THREAD {
+                let v = rvm.read_u64(slot(t, i)).expect("read");
+                assert_eq!(v, t << 32 | i, "commit {t}/{i} lost");
+            }
         }
     }
 }
