@@ -466,6 +466,10 @@ pub(crate) struct Worker {
     ring: Ring,
     rx: Receiver<Msg>,
     wake: File,
+    /// Set by a sender that bumped `wake`; while set, other senders skip
+    /// the eventfd write. Cleared (with a swap, which makes every send that
+    /// saw it set visible to us) before each drain of the channel.
+    wake_pending: Arc<AtomicBool>,
     shared: Arc<Shared>,
     pool: BufPool,
     cfg: WorkerConfig,
@@ -500,6 +504,7 @@ impl Worker {
         ring: Ring,
         rx: Receiver<Msg>,
         wake: File,
+        wake_pending: Arc<AtomicBool>,
         shared: Arc<Shared>,
         pool: BufPool,
         cfg: WorkerConfig,
@@ -508,6 +513,7 @@ impl Worker {
             ring,
             rx,
             wake,
+            wake_pending,
             shared,
             pool,
             cfg,
@@ -923,6 +929,10 @@ impl Worker {
                 // Resetting the counter; EAGAIN just means it was zero.
                 let _ = (&self.wake).read(&mut counter);
                 self.arm_wake();
+                // Clear before draining: a request sent after this point
+                // bumps the eventfd again, one sent before is in the channel
+                // for the drain below.
+                self.wake_pending.swap(false, Ordering::AcqRel);
                 self.drain_channel();
             }
             TAG_OP => {
