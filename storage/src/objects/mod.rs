@@ -576,4 +576,89 @@ mod tests {
             Some(400)
         );
     }
+
+    /// Counts the metadata store's reads.
+    #[derive(Default)]
+    struct CountingMeta {
+        inner: MemoryMeta,
+        gets: std::sync::atomic::AtomicU64,
+    }
+
+    impl ChunkMetaStore for CountingMeta {
+        fn get(&self, chunk: &ChunkId) -> Result<Option<ChunkMeta>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(chunk)
+        }
+        fn put(&self, chunk: &ChunkId, meta: ChunkMeta) -> Result<(), StoreError> {
+            self.inner.put(chunk, meta)
+        }
+        fn remove(&self, chunk: &ChunkId) -> Result<(), StoreError> {
+            self.inner.remove(chunk)
+        }
+        fn flush(&self) -> Result<(), StoreError> {
+            self.inner.flush()
+        }
+    }
+
+    /// Writes bump the worker's copy of the chunk's metadata instead of
+    /// reading the store each time, and the copy stays exact across a
+    /// remove (the version starts again) and a reopen.
+    #[test]
+    fn writes_bump_cached_metadata_without_reading_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = Arc::new(CountingMeta::default());
+        let chunk = ChunkId::new(
+            Fid {
+                volume: 4,
+                vnode: 5,
+                unique: 6,
+            },
+            1,
+        );
+        let write = |store: &ObjectStore, off: u64, len: usize| {
+            let mut b = IoBuf::alloc(len);
+            b.set_len(len);
+            let (r, _) = store.write(chunk, off, b).wait();
+            r.expect("write");
+        };
+        {
+            let store =
+                ObjectStore::open(dir.path(), meta.clone(), StoreOptions::default()).expect("open");
+            for i in 0..100u64 {
+                write(&store, i * 512, 512);
+            }
+            assert!(
+                meta.gets.load(Ordering::SeqCst) <= 1,
+                "{} metadata reads for 100 writes",
+                meta.gets.load(Ordering::SeqCst)
+            );
+            assert_eq!(
+                store.stat(chunk).expect("stat"),
+                Some(ChunkMeta {
+                    size: 100 * 512,
+                    version: 100
+                })
+            );
+            store.punch(chunk, 0, 4096).wait().expect("punch");
+            store.remove(chunk).wait().expect("remove");
+            write(&store, 0, 10);
+            assert_eq!(
+                store.stat(chunk).expect("stat"),
+                Some(ChunkMeta {
+                    size: 10,
+                    version: 1
+                })
+            );
+        }
+        let store =
+            ObjectStore::open(dir.path(), meta.clone(), StoreOptions::default()).expect("reopen");
+        write(&store, 4096, 4096);
+        assert_eq!(
+            store.stat(chunk).expect("stat"),
+            Some(ChunkMeta {
+                size: 8192,
+                version: 2
+            })
+        );
+    }
 }
