@@ -321,6 +321,8 @@ struct LogState {
     write_gen: u64,
     /// The last sequence number the write in flight covers.
     writing_seq: u64,
+    /// Threads asleep on `durable_cv[i]` (see `Inner::sleep_on`).
+    sleepers: [usize; 2],
     /// The leaders' aligned output buffer, kept between writes.
     out: Option<IoBuf>,
     /// An I/O failed: no more commits until reopened.
@@ -605,6 +607,7 @@ impl Rvm {
                 writing: false,
                 write_gen: 0,
                 writing_seq: 0,
+                sleepers: [0; 2],
                 out: None,
                 failed: false,
                 noflush_since: None,
@@ -795,7 +798,7 @@ impl Inner {
                 } else {
                     st.write_gen + 1
                 };
-                st = self.cv_of(gen).wait(st).unwrap_or_else(|e| e.into_inner());
+                st = self.sleep_on(gen, st);
                 continue;
             }
             st.writing = true;
@@ -844,14 +847,30 @@ impl Inner {
             }
             // Everyone this write covered (and a truncation waiting for
             // `writing` to clear) may go.
-            self.cv_of(gen).notify_all();
+            if st.sleepers[(gen % 2) as usize] > 0 {
+                self.cv_of(gen).notify_all();
+            }
             if st.appended_seq > st.durable_seq {
                 // Records appended meanwhile: one of their waiters leads
                 // the next write (if none is waiting, they are NoFlush
                 // records and the flusher takes care of them).
-                self.cv_of(gen + 1).notify_one();
+                if st.sleepers[((gen + 1) % 2) as usize] > 0 {
+                    self.cv_of(gen + 1).notify_one();
+                }
             }
         }
+    }
+
+    /// Sleeps on the condvar of write `gen`, counted in `sleepers` so that
+    /// a leader with no one to wake skips the notify (a system call even
+    /// when nobody sleeps). Counting and sleeping happen under the log lock,
+    /// which the notifier holds too, so it cannot miss a sleeper.
+    fn sleep_on<'a>(&self, gen: u64, mut st: MutexGuard<'a, LogState>) -> MutexGuard<'a, LogState> {
+        let p = (gen % 2) as usize;
+        st.sleepers[p] += 1;
+        let mut st = self.cv_of(gen).wait(st).unwrap_or_else(|e| e.into_inner());
+        st.sleepers[p] -= 1;
+        st
     }
 
     /// The condvar of log write number `gen` (writes alternate between two).
@@ -907,7 +926,7 @@ impl Inner {
         let mut st = lock(&self.log_state);
         while st.writing {
             let gen = st.write_gen;
-            st = self.cv_of(gen).wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.sleep_on(gen, st);
         }
         if st.failed {
             return Err(RvmError::Poisoned);
@@ -1381,6 +1400,9 @@ mod tests {
         let stats = rvm.stats();
         assert_eq!(stats.commits, THREADS * PER_THREAD);
         assert!(stats.truncations > 0);
+        // Every sleeper was counted out again (else later notifies would be
+        // issued for nobody, or, worse, skipped for someone).
+        assert_eq!(lock(&rvm.inner.log_state).sleepers, [0, 0]);
         disk.set_write_hook(None);
         disk.fail_after(0);
         drop(rvm);
