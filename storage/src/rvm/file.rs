@@ -210,15 +210,26 @@ impl RvmFile for DiskFile {
             // top of the data write: with the log's small appends, one commit
             // in a dozen (and most group writes) paid it. Writing the zeros
             // once here makes every later log write a plain overwrite.
+            //
+            // Through a second descriptor without `O_DSYNC`, so the pieces
+            // are not each flushed: the `sync_all` below makes them all
+            // durable at once (it syncs the file, whichever descriptor
+            // wrote it).
             let mut zeros = IoBuf::alloc(ZERO_FILL_CHUNK);
             zeros.set_len(ZERO_FILL_CHUNK);
             zeros.as_mut_slice().fill(0);
+            let mut o = OpenOptions::new();
+            o.write(true);
+            if self.direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            let filler = o.open(&self.path)?;
             let mut off = 0;
             while off < len {
                 let n = (len - off).min(ZERO_FILL_CHUNK as u64) as usize;
                 // `len` is a multiple of 4096 for the log (RVM rounds it),
                 // so every piece stays aligned for `O_DIRECT`.
-                self.write_at(off, &zeros.as_slice()[..n])?;
+                filler.write_all_at(&zeros.as_slice()[..n], off)?;
                 off += n as u64;
             }
         }
