@@ -270,6 +270,81 @@ impl Image {
     }
 }
 
+/// First piece of the log's record area recovery reads; it doubles as
+/// records turn up.
+const RECOVERY_READ_MIN: usize = 256 * 1024;
+
+/// The log's record area (log bytes from [`LOG_DATA_START`]) as far as
+/// recovery has read it. Recovery used to read the whole area up front (16
+/// MiB by default) whatever the log held; now it reads what the records
+/// span, doubling the piece it reads each time.
+struct LogArea {
+    buf: IoBuf,
+    /// Bytes read so far (a multiple of 4096, or `total`).
+    loaded: usize,
+    /// Size of the whole record area.
+    total: usize,
+}
+
+impl LogArea {
+    fn new(total: usize) -> LogArea {
+        LogArea {
+            buf: IoBuf::alloc(0),
+            loaded: 0,
+            total,
+        }
+    }
+
+    /// Reads enough that the record at `at` parses exactly as it would with
+    /// the whole area in memory: its header, then as many bytes as its
+    /// length field claims (all of the area if that runs past the end).
+    /// `format::parse_record` looks at the length of what it is given only
+    /// to refuse a record longer than that, so with this much it gives the
+    /// same answer.
+    fn load_record(&mut self, log: &dyn RvmFile, at: usize) -> io::Result<()> {
+        self.load_to(log, at.saturating_add(format::REC_HEADER))?;
+        let len_at = at + format::REC_OFF_LEN;
+        if let Some(b) = self.buf.as_slice().get(len_at..len_at + 4) {
+            let claimed = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+            self.load_to(log, at.saturating_add(claimed))?;
+        }
+        Ok(())
+    }
+
+    fn load_to(&mut self, log: &dyn RvmFile, want: usize) -> io::Result<()> {
+        if want <= self.loaded || self.loaded >= self.total {
+            return Ok(());
+        }
+        let block = BLOCK as usize;
+        let new_loaded = want
+            .next_multiple_of(block)
+            .max(self.loaded * 2)
+            .max(RECOVERY_READ_MIN)
+            .min(self.total);
+        if self.buf.capacity() < new_loaded {
+            let mut bigger = IoBuf::alloc(new_loaded);
+            bigger.set_len(self.loaded);
+            bigger.as_mut_slice().copy_from_slice(self.buf.as_slice());
+            self.buf = bigger;
+        }
+        self.buf.set_len(new_loaded);
+        // `loaded` is a multiple of 4096 here (only the last piece, which
+        // ends the area, can be shorter), so the read stays aligned.
+        let from = self.loaded;
+        log.read_at(
+            LOG_DATA_START + from as u64,
+            &mut self.buf.as_mut_slice()[from..new_loaded],
+        )?;
+        self.loaded = new_loaded;
+        Ok(())
+    }
+
+    /// The bytes read from `at` on.
+    fn from(&self, at: usize) -> &[u8] {
+        self.buf.as_slice().get(at..).unwrap_or(&[])
+    }
+}
+
 /// Memory state, guarded by the memory lock a transaction holds.
 struct Mem {
     image: Image,
@@ -528,16 +603,15 @@ impl Rvm {
             });
         }
 
-        // Replay.
-        let mut area = IoBuf::alloc((lh.log_size - LOG_DATA_START) as usize);
-        area.set_len((lh.log_size - LOG_DATA_START) as usize);
-        log.read_at(LOG_DATA_START, area.as_mut_slice())
-            .map_err(io_err(&log_path))?;
+        // Replay, reading the record area only as far as the records go.
+        let mut area = LogArea::new((lh.log_size - LOG_DATA_START) as usize);
         let mut pos = LOG_DATA_START;
         let mut seq = lh.start_seq;
         let mut replayed = 0u64;
         loop {
-            let rest = &area.as_slice()[(pos - LOG_DATA_START) as usize..];
+            let at = (pos - LOG_DATA_START) as usize;
+            area.load_record(&*log, at).map_err(io_err(&log_path))?;
+            let rest = area.from(at);
             match format::parse_record(rest, lh.epoch, pos, seq, SEG_FIXED_END, sh.size) {
                 Ok(rec) => {
                     for (off, data) in &rec.ranges {
@@ -1413,6 +1487,51 @@ mod tests {
                 let v = rvm.read_u64(slot(t, i)).expect("read");
                 assert_eq!(v, t << 32 | i, "commit {t}/{i} lost");
             }
+        }
+    }
+
+    /// Recovery reads the record area piece by piece: records past the
+    /// first piece, records straddling a piece boundary and one record
+    /// bigger than a whole piece are all replayed, as with one big read.
+    #[test]
+    fn recovery_reads_the_log_in_growing_pieces() {
+        let disk = SimDisk::new();
+        let opts = RvmOptions {
+            segment_size: 4 << 20,
+            log_size: 4 << 20,
+            flush_delay: Duration::MAX,
+        };
+        let rvm = Rvm::create_with(disk.files(), &opts).expect("create");
+        let value = |i: u64, len: usize| -> Vec<u8> {
+            (0..len).map(|k| (i as usize * 31 + k) as u8).collect()
+        };
+        // About 1.3 MiB of records (under half the log: no truncation),
+        // of odd sizes, then one of 300 KiB.
+        let mut written = Vec::new();
+        let mut off = SEG_HEADER_SIZE;
+        for i in 0..260u64 {
+            let len = 4000 + (i as usize * 37) % 2000;
+            let mut tx = rvm.begin();
+            tx.write(off, &value(i, len)).expect("write");
+            tx.commit(CommitMode::NoFlush).expect("commit");
+            written.push((off, value(i, len)));
+            off += len as u64;
+        }
+        let big = value(999, 300 << 10);
+        let mut tx = rvm.begin();
+        tx.write(off, &big).expect("write big");
+        tx.commit(CommitMode::Flush).expect("commit big");
+        written.push((off, big));
+        assert_eq!(rvm.stats().truncations, 0);
+        assert!(rvm.stats().log_bytes > 1_500_000);
+        disk.fail_after(0);
+        drop(rvm);
+        disk.crash(&mut || false);
+        let rvm = Rvm::open_with(disk.files(), &opts).expect("reopen");
+        for (i, (off, want)) in written.iter().enumerate() {
+            let mut got = vec![0u8; want.len()];
+            rvm.read(*off, &mut got).expect("read");
+            assert!(got == *want, "record {i} at {off} not replayed");
         }
     }
 }
