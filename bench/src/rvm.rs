@@ -51,8 +51,9 @@ fn raw_dsync(dir: &Path, ops: usize) -> Result<(Samples, f64)> {
     Ok((samples, rate))
 }
 
-/// Latency and aggregate commit rate of `threads` concurrent `Flush` committers.
-fn rvm_commits(dir: &Path, threads: usize, ops_per_thread: usize) -> Result<(Samples, f64)> {
+/// Latency, aggregate commit rate and commits per log write (the mean
+/// group-commit batch) of `threads` concurrent `Flush` committers.
+fn rvm_commits(dir: &Path, threads: usize, ops_per_thread: usize) -> Result<(Samples, f64, f64)> {
     let rdir = dir.join(format!("rvm-{threads}"));
     let _ = std::fs::remove_dir_all(&rdir);
     std::fs::create_dir_all(&rdir)?;
@@ -93,7 +94,9 @@ fn rvm_commits(dir: &Path, threads: usize, ops_per_thread: usize) -> Result<(Sam
         all.extend(s);
     }
     let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
-    Ok((all, rate))
+    let st = rvm.stats();
+    let batch = st.commits as f64 / st.log_writes.max(1) as f64;
+    Ok((all, rate, batch))
 }
 
 /// Runs the RVM benchmark in `dir` and prints its table.
@@ -115,11 +118,12 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
         "raw writes/s",
         "p50 rvm/raw",
         "rate vs 1 committer",
+        "commits per log write",
     ]);
     let mut serial_rate = None;
     for threads in [1usize, 4, 16] {
         let per = (ops / threads).max(50) * if threads > 1 { 2 } else { 1 };
-        let (mut s, rate) = rvm_commits(dir, threads, per)?;
+        let (mut s, rate, batch) = rvm_commits(dir, threads, per)?;
         let p50 = s.percentile_us(50.0);
         let serial = *serial_rate.get_or_insert(rate);
         table_row(&[
@@ -132,6 +136,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
             format!("{raw_rate:.0}"),
             format!("{:.2}×", p50 / raw_p50),
             format!("{:.2}×", rate / serial),
+            format!("{batch:.1}"),
         ]);
     }
     Ok(())

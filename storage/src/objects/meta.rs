@@ -21,6 +21,12 @@ pub struct ChunkMeta {
 /// Where chunk metadata lives. The object store calls it from its worker
 /// threads, at most one call at a time per chunk (a chunk belongs to one
 /// worker), but calls for different chunks may run concurrently.
+///
+/// While a store is open it is the only writer of its chunks' metadata: a
+/// worker keeps a copy of each chunk's metadata it has read or written
+/// while it has that chunk open or busy, and bumps the copy instead of
+/// reading the store again. Change metadata behind an open store's back
+/// (e.g. [`MemoryMeta::lose_unflushed`]) only after dropping the store.
 pub trait ChunkMetaStore: Send + Sync {
     /// The chunk's metadata, `None` if the chunk was never written.
     fn get(&self, chunk: &ChunkId) -> Result<Option<ChunkMeta>, StoreError>;

@@ -11,6 +11,10 @@ use std::task::{Context, Poll, Waker};
 struct Slot<T> {
     value: Option<T>,
     waker: Option<Waker>,
+    /// A thread sleeps in [`Pending::wait`]: only then does completing
+    /// need the condvar (a notify is a system call even with no sleeper,
+    /// and async callers, the common case, never sleep on it).
+    blocked: bool,
 }
 
 struct Cell<T> {
@@ -47,6 +51,7 @@ pub(crate) fn pair<T>() -> (Completer<T>, Pending<T>) {
         slot: Mutex::new(Slot {
             value: None,
             waker: None,
+            blocked: false,
         }),
         ready: Condvar::new(),
     });
@@ -56,12 +61,14 @@ pub(crate) fn pair<T>() -> (Completer<T>, Pending<T>) {
 impl<T> Completer<T> {
     /// Delivers the result and wakes whoever waits.
     pub(crate) fn complete(self, value: T) {
-        let waker = {
+        let (waker, blocked) = {
             let mut slot = self.cell.lock();
             slot.value = Some(value);
-            slot.waker.take()
+            (slot.waker.take(), slot.blocked)
         };
-        self.cell.ready.notify_all();
+        if blocked {
+            self.cell.ready.notify_all();
+        }
         if let Some(w) = waker {
             w.wake();
         }
@@ -90,6 +97,9 @@ impl<T> Pending<T> {
             if let Some(v) = slot.value.take() {
                 return v;
             }
+            // Set under the lock before sleeping, so the completer, which
+            // reads it under the same lock, cannot miss this sleeper.
+            slot.blocked = true;
             slot = self
                 .cell
                 .ready
@@ -142,6 +152,27 @@ mod tests {
         let t = std::thread::spawn(move || c.complete(7));
         assert_eq!(p.wait(), 7);
         t.join().unwrap();
+    }
+
+    #[test]
+    fn wait_blocks_until_completed_later() {
+        // The waiter is (very likely) asleep when the value arrives; either
+        // way it must get it.
+        for _ in 0..200 {
+            let (c, p) = pair::<u32>();
+            let t = std::thread::spawn(move || p.wait());
+            std::thread::yield_now();
+            c.complete(9);
+            assert_eq!(t.join().unwrap(), 9);
+        }
+    }
+
+    #[test]
+    fn completed_before_wait_needs_no_wakeup() {
+        let (c, p) = pair::<u32>();
+        c.complete(4);
+        assert!(p.is_ready());
+        assert_eq!(p.wait(), 4);
     }
 
     #[test]

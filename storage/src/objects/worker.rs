@@ -439,6 +439,11 @@ struct ChunkState {
     file: Option<usize>,
     active: Vec<usize>,
     waiting: VecDeque<usize>,
+    /// The chunk's metadata as last read from or written to the metadata
+    /// store (`None`: not known here). This worker is the only writer of
+    /// the chunk's metadata, so while this state lives the copy is exact,
+    /// and a write need not read the store before bumping it.
+    meta: Option<ChunkMeta>,
 }
 
 enum FlushItem {
@@ -466,6 +471,10 @@ pub(crate) struct Worker {
     ring: Ring,
     rx: Receiver<Msg>,
     wake: File,
+    /// Set by a sender that bumped `wake`; while set, other senders skip
+    /// the eventfd write. Cleared (with a swap, which makes every send that
+    /// saw it set visible to us) before each drain of the channel.
+    wake_pending: Arc<AtomicBool>,
     shared: Arc<Shared>,
     pool: BufPool,
     cfg: WorkerConfig,
@@ -500,6 +509,7 @@ impl Worker {
         ring: Ring,
         rx: Receiver<Msg>,
         wake: File,
+        wake_pending: Arc<AtomicBool>,
         shared: Arc<Shared>,
         pool: BufPool,
         cfg: WorkerConfig,
@@ -508,6 +518,7 @@ impl Worker {
             ring,
             rx,
             wake,
+            wake_pending,
             shared,
             pool,
             cfg,
@@ -923,6 +934,10 @@ impl Worker {
                 // Resetting the counter; EAGAIN just means it was zero.
                 let _ = (&self.wake).read(&mut counter);
                 self.arm_wake();
+                // Clear before draining: a request sent after this point
+                // bumps the eventfd again, one sent before is in the channel
+                // for the drain below.
+                self.wake_pending.swap(false, Ordering::AcqRel);
                 self.drain_channel();
             }
             TAG_OP => {
@@ -1131,17 +1146,25 @@ impl Worker {
     }
 
     /// A successful write/punch/zero of `[offset, offset + len)`: one more
-    /// version, and the size grows to cover it.
-    fn bump_meta(&self, chunk: ChunkId, offset: u64, len: u64) -> Result<(), StoreError> {
+    /// version, and the size grows to cover it. Reads the store only when
+    /// the chunk's metadata is not cached in its state already.
+    fn bump_meta(&mut self, chunk: ChunkId, offset: u64, len: u64) -> Result<(), StoreError> {
         let meta = &self.shared.meta;
-        let old = meta.get(&chunk)?.unwrap_or_default();
-        meta.put(
-            &chunk,
-            ChunkMeta {
-                size: old.size.max(offset + len),
-                version: old.version + 1,
-            },
-        )
+        let old = match self.chunks.get(&chunk).and_then(|c| c.meta) {
+            Some(m) => m,
+            None => meta.get(&chunk)?.unwrap_or_default(),
+        };
+        let new = ChunkMeta {
+            size: old.size.max(offset + len),
+            version: old.version + 1,
+        };
+        let r = meta.put(&chunk, new);
+        if let Some(cs) = self.chunks.get_mut(&chunk) {
+            // After a failed put the store's value is not known: read it
+            // again next time.
+            cs.meta = r.is_ok().then_some(new);
+        }
+        r
     }
 
     fn release(&mut self, chunk: ChunkId, idx: usize) {
@@ -1197,6 +1220,10 @@ impl Worker {
         };
         if err.is_none() {
             err = self.shared.meta.remove(&chunk).err();
+        }
+        if let Some(cs) = self.chunks.get_mut(&chunk) {
+            // Gone (or, after an error, unknown): no copy to trust.
+            cs.meta = None;
         }
         if let (Some(e), Some(op)) = (err, self.ops.get_mut(idx)) {
             op.error = Some(e);
@@ -1264,11 +1291,13 @@ impl Worker {
             // metadata never became durable (or of block padding); cut them
             // so that the chunk reads as zeros past its size.
             let len = file.metadata().map_err(open_err)?.len();
-            let size = self.shared.meta.get(&chunk)?.map_or(0, |m| m.size);
+            let meta = self.shared.meta.get(&chunk)?;
+            let size = meta.map_or(0, |m| m.size);
             if len > size {
                 file.set_len(size).map_err(open_err)?;
                 dirty = true;
             }
+            self.chunks.entry(chunk).or_default().meta = Some(meta.unwrap_or_default());
         }
         let fid = self.files.insert(OpenFile {
             file,
