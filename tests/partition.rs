@@ -1,0 +1,607 @@
+//! Real network partitions: each brick runs in its own network namespace,
+//! reached from the root namespace over its own veth pair; a test cuts a
+//! brick off by taking its veth down and brings it back by setting it up.
+//!
+//! Needs root (network namespaces). Without `CAP_NET_ADMIN` the tests say
+//! so and pass without doing anything.
+//!
+//! Addresses: 10.231.X.0/24 with X chosen from the test process id, used
+//! only on links this test creates; every namespace and veth is deleted
+//! when the guard drops (also when a test fails).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::run;
+use transport::wire::{DataRef, ObjectReq, ReadReq};
+use transport::{ClientOptions, ObjectId, Payload, Request, Response, Secret, TcpClient};
+use volume::{Client, Fid};
+
+/// The port every brick listens on, inside its own namespace.
+const PORT: u16 = 7100;
+
+fn ip(args: &[&str]) -> Output {
+    Command::new("ip").args(args).output().expect("run ip")
+}
+
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Namespaces `st<pid><tag>n<i>`, each with a veth pair whose root end is
+/// `st<pid><tag>r<i>` (10.231.X.1) and whose namespace end holds 10.231.X.2.
+/// Drop deletes them all (deleting a namespace deletes its veth end and so
+/// the pair).
+struct Net {
+    ns: Vec<String>,
+    root_dev: Vec<String>,
+    addr: Vec<String>,
+    guard_routes: Vec<String>,
+}
+
+impl Net {
+    /// `None` when this process may not make namespaces (not root).
+    fn create(n: usize, tag: char) -> Option<Net> {
+        let pid = std::process::id();
+        let probe = format!("st{pid}{tag}probe");
+        if !ip(&["netns", "add", &probe]).status.success() {
+            eprintln!("skipping: cannot create network namespaces (needs root)");
+            return None;
+        }
+        ip_ok(&["netns", "del", &probe]);
+        let mut net = Net {
+            ns: Vec::new(),
+            root_dev: Vec::new(),
+            addr: Vec::new(),
+            guard_routes: Vec::new(),
+        };
+        // Three /24s per test process and tag, spread by pid.
+        let base = (pid % 40) as usize * 6 + if tag == 'a' { 0 } else { 3 };
+        for i in 0..n {
+            let ns = format!("st{pid}{tag}n{i}");
+            let rdev = format!("st{pid}{tag}r{i}");
+            let pdev = format!("st{pid}{tag}p{i}");
+            let x = base + i;
+            ip_ok(&["netns", "add", &ns]);
+            net.ns.push(ns.clone());
+            ip_ok(&["link", "add", &rdev, "type", "veth", "peer", "name", &pdev]);
+            net.root_dev.push(rdev.clone());
+            ip_ok(&["link", "set", &pdev, "netns", &ns]);
+            // While the link is down its connected route is gone: this
+            // route (lower priority) makes the subnet unreachable then,
+            // instead of letting packets follow the default route out.
+            ip_ok(&[
+                "route",
+                "add",
+                "unreachable",
+                &format!("10.231.{x}.0/24"),
+                "metric",
+                "4000",
+            ]);
+            net.guard_routes.push(format!("10.231.{x}.0/24"));
+            ip_ok(&["addr", "add", &format!("10.231.{x}.1/24"), "dev", &rdev]);
+            ip_ok(&["link", "set", &rdev, "up"]);
+            ip_ok(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.231.{x}.2/24"),
+                "dev",
+                &pdev,
+            ]);
+            ip_ok(&["-n", &ns, "link", "set", &pdev, "up"]);
+            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+            net.addr.push(format!("10.231.{x}.2:{PORT}"));
+        }
+        Some(net)
+    }
+
+    /// Cuts brick `i` off: its link goes down; packets to it meet the
+    /// unreachable route (nothing leaves the machine).
+    fn cut(&self, i: usize) {
+        ip_ok(&["link", "set", &self.root_dev[i], "down"]);
+        let host = self.addr[i].split(':').next().expect("host");
+        let out = ip(&["route", "get", host]);
+        assert!(
+            !out.status.success(),
+            "{host} must be unreachable while cut off, not routed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    fn restore(&self, i: usize) {
+        ip_ok(&["link", "set", &self.root_dev[i], "up"]);
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for d in &self.root_dev {
+            let _ = ip(&["link", "del", d]);
+        }
+        for ns in &self.ns {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        for r in &self.guard_routes {
+            let _ = ip(&["route", "del", "unreachable", r, "metric", "4000"]);
+        }
+    }
+}
+
+/// `stretto brick serve` inside a namespace; SIGKILLed on drop.
+struct NsBrick {
+    child: Child,
+}
+
+impl NsBrick {
+    fn start(ns: &str, dir: &std::path::Path, listen: &str) -> NsBrick {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(env!("CARGO_BIN_EXE_stretto"))
+            .args(["brick", "serve"])
+            .arg(dir)
+            .args(["--listen", listen])
+            .env("STRETTO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn brick serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        assert!(
+            line.starts_with("listening on "),
+            "brick in {ns} did not start: {line:?}"
+        );
+        std::thread::spawn(move || for _ in out.lines() {});
+        NsBrick { child }
+    }
+}
+
+impl Drop for NsBrick {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the server: this PID is the brick's.
+        // SAFETY: kill(2) on the PID of our own unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Bricks made with one secret, each served in its namespace.
+struct NsPool {
+    // Held for their Drop: the brick directories and processes.
+    _root: tempfile::TempDir,
+    secret: std::path::PathBuf,
+    _bricks: Vec<NsBrick>,
+    net: Net,
+}
+
+impl NsPool {
+    fn start(n: usize, tag: char) -> Option<NsPool> {
+        let net = Net::create(n, tag)?;
+        let root = tempfile::tempdir().expect("tempdir");
+        let secret = root.path().join("pool.secret");
+        let mut bricks = Vec::new();
+        for i in 0..n {
+            let dir = root.path().join(format!("brick{i}"));
+            let out = run(&[
+                "brick",
+                "init",
+                dir.to_str().expect("utf-8"),
+                "--secret-file",
+                secret.to_str().expect("utf-8"),
+            ]);
+            assert!(out.status.success(), "brick init");
+            bricks.push(NsBrick::start(&net.ns[i], &dir, &net.addr[i]));
+        }
+        Some(NsPool {
+            _root: root,
+            secret,
+            _bricks: bricks,
+            net,
+        })
+    }
+
+    fn secret(&self) -> Secret {
+        Secret::load(&self.secret).expect("secret")
+    }
+
+    /// `stretto volume ARGS... --pool <brick via>`.
+    fn volume(&self, via: usize, args: &[&str]) -> String {
+        let mut all = vec!["volume"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[
+            "--pool",
+            &self.net.addr[via],
+            "--secret-file",
+            self.secret.to_str().expect("utf-8"),
+        ]);
+        ok(run(&all))
+    }
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn opts() -> ClientOptions {
+    ClientOptions {
+        request_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(3),
+        reconnect_min: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(200),
+        ..ClientOptions::default()
+    }
+}
+
+/// A chunk read straight from one brick (zeros past its end), and its size.
+async fn brick_chunk(addr: &str, secret: &Secret, object: ObjectId, len: u64) -> (Vec<u8>, u64) {
+    let c = TcpClient::connect(addr, secret.clone(), opts())
+        .await
+        .expect("connect");
+    let (r, _) = c
+        .call(Request::Stat(ObjectReq { object }), Payload::None)
+        .await
+        .expect("stat");
+    let Response::Stat(st) = r else {
+        panic!("{addr}: no chunk {object:?}: {r:?}");
+    };
+    let mut out = vec![0u8; len as usize];
+    // In pieces under the transport's 16 MiB limit.
+    const PIECE: u64 = 4 << 20;
+    let mut at = 0;
+    while at < len.min(st.size) {
+        let n = PIECE.min(len - at);
+        let (r, p) = c
+            .call(
+                Request::Read(ReadReq {
+                    object,
+                    offset: at,
+                    len: n as u32,
+                    data: DataRef::None,
+                }),
+                Payload::In(iobuf::IoBuf::alloc(n as usize)),
+            )
+            .await
+            .expect("read");
+        assert!(matches!(r, Response::Read(_)), "{r:?}");
+        let b = p.into_buf().expect("buf");
+        out[at as usize..at as usize + b.len()].copy_from_slice(b.as_slice());
+        at += n;
+    }
+    c.close().await;
+    (out, st.size)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn pending_regions(info: &str) -> Vec<u64> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("Number of entries: "))
+        .map(|l| l.split_whitespace().next().expect("n").parse().expect("n"))
+        .collect()
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_brick_misses_writes_then_heal_makes_replicas_identical() {
+    let Some(pool) = NsPool::start(3, 'a') else {
+        return;
+    };
+    let a = &pool.net.addr;
+    pool.volume(0, &["create", "vm", "replica", "3", &a[0], &a[1], &a[2]]);
+    pool.volume(0, &["start", "vm"]);
+    pool.volume(0, &["set", "vm", "ping-timeout", "2"]);
+    let secret = pool.secret();
+    let spec = volume::manage::fetch(&[a[0].clone()], &secret, "vm")
+        .await
+        .expect("fetch");
+    assert_eq!(
+        volume::client::ping_timeout(&spec).expect("pt"),
+        Duration::from_secs(2)
+    );
+    let chunk = spec.chunk_size;
+    let client = Client::connect_spec(spec.clone(), secret.clone(), opts())
+        .await
+        .expect("connect");
+    let fid = Fid {
+        volume: spec.id,
+        vnode: 9,
+        unique: 1,
+    };
+    let total = 16 * MIB;
+    let data = pattern(1, total);
+    let obj = client
+        .open_writer(fid, Duration::from_secs(6))
+        .await
+        .expect("lease");
+    // 6 MiB with all three, 6 with brick 2 cut off, 4 after it is back.
+    for i in 0..6 {
+        obj.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
+            .await
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    pool.net.cut(2);
+    let t = std::time::Instant::now();
+    for i in 6..12 {
+        obj.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
+            .await
+            .unwrap_or_else(|e| panic!("write {i} with brick 2 cut off: {e}"));
+    }
+    println!("6 MiB written with brick 2 cut off in {:?}", t.elapsed());
+    // Brick 2 missed these: heal info (from the root namespace, which sees
+    // bricks 0 and 1 only) says so.
+    let info = pool.volume(0, &["heal", "vm", "info"]);
+    let pending = pending_regions(&info);
+    println!("heal info while brick 2 is cut off:\n{info}");
+    assert_eq!(pending.len(), 3, "{info}");
+    assert_eq!(&pending[..2], &[0, 0], "{info}");
+    assert!(pending[2] >= 6, "{info}");
+    assert!(
+        info.contains(&format!("Brick {} (set 0): offline", a[2])),
+        "{info}"
+    );
+
+    pool.net.restore(2);
+    let link = client.links()[2].clone();
+    let mut waited = 0;
+    while !link.is_up() {
+        waited += 1;
+        assert!(waited < 600, "brick 2 never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 12..16 {
+        obj.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
+            .await
+            .unwrap_or_else(|e| panic!("write {i} after restore: {e}"));
+    }
+    obj.flush().await.expect("flush");
+    obj.close().await.expect("release");
+
+    let healed = pool.volume(1, &["heal", "vm"]);
+    println!("{healed}");
+    assert!(healed.contains("regions healed"), "{healed}");
+    assert!(!healed.contains(" 0 regions healed"), "{healed}");
+    assert!(healed.contains(" 0 in split-brain"), "{healed}");
+    let info = pool.volume(2, &["heal", "vm", "info"]);
+    assert_eq!(pending_regions(&info), vec![0, 0, 0], "{info}");
+
+    // Every chunk identical on the three bricks, and equal to the data.
+    for c in 0..(total as u64).div_ceil(chunk) {
+        let want_len = chunk.min(total as u64 - c * chunk) as usize;
+        let start = (c * chunk) as usize;
+        let mut copies = Vec::new();
+        let mut sizes = Vec::new();
+        for b in a {
+            let (got, size) = brick_chunk(b, &secret, fid.chunk(c), want_len as u64).await;
+            copies.push(got);
+            sizes.push(size);
+        }
+        assert!(
+            sizes.iter().all(|&s| s == want_len as u64),
+            "chunk {c} sizes {sizes:?}"
+        );
+        for (k, got) in copies.iter().enumerate() {
+            assert!(
+                got[..want_len] == data[start..start + want_len],
+                "brick {k} chunk {c} differs from the data written"
+            );
+            assert!(
+                got == &copies[0],
+                "brick {k} chunk {c} differs from brick 0"
+            );
+        }
+    }
+    client.refresh_marks().await;
+    let got = client
+        .object(fid)
+        .read(0, total as u64)
+        .await
+        .expect("read");
+    assert!(got == data, "volume read differs");
+    client.close().await;
+}
+
+/// `stretto nbd serve --volume vm` reachable at its `listening on` address.
+struct Nbd {
+    child: Child,
+    uri: String,
+}
+
+impl Nbd {
+    fn start(pool: &NsPool, via: usize, image: &str) -> Nbd {
+        let mut child = common::stretto()
+            .args(["nbd", "serve", "--volume", "vm", "--listen", "127.0.0.1:0"])
+            .args(["--pool", &pool.net.addr[via], "--secret-file"])
+            .arg(&pool.secret)
+            .env("STRETTO_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("nbd serve");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("nbd serve did not start: {line:?}"))
+            .to_string();
+        std::thread::spawn(move || for _ in out.lines() {});
+        Nbd {
+            child,
+            uri: format!("nbd://{addr}/{image}"),
+        }
+    }
+
+    /// `qemu-io -c CMD...` against the export; must succeed.
+    fn io(&self, cmds: &[&str]) -> String {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for x in cmds {
+            c.args(["-c", x]);
+        }
+        let out = c.arg(&self.uri).output().expect("qemu-io");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success()
+                && !text.contains("fail")
+                && !text.contains("Pattern verification"),
+            "qemu-io {cmds:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// SIGTERM: the server releases its leases and exits cleanly.
+    fn stop(mut self) {
+        // SAFETY: kill(2) on the PID of our own unreaped child.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let st = self.child.wait().expect("wait");
+        assert!(st.success(), "nbd serve exited with {st}");
+    }
+}
+
+impl Drop for Nbd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `stop`.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_brain_made_by_two_partitioned_writers_is_resolved_through_the_cli() {
+    let Some(pool) = NsPool::start(2, 'b') else {
+        return;
+    };
+    let a = &pool.net.addr;
+    let secret_file = pool.secret.to_str().expect("utf-8").to_string();
+    pool.volume(0, &["create", "vm", "replica", "2", &a[0], &a[1]]);
+    pool.volume(0, &["start", "vm"]);
+    pool.volume(0, &["set", "vm", "quorum-type", "none"]);
+    pool.volume(0, &["set", "vm", "ping-timeout", "2"]);
+    ok(run(&[
+        "image",
+        "create",
+        "disk0",
+        "4M",
+        "--volume",
+        "vm",
+        "--pool",
+        &a[0],
+        "--secret-file",
+        &secret_file,
+    ]));
+
+    // Both bricks up: 1 MiB of 0x11.
+    let n = Nbd::start(&pool, 0, "disk0");
+    n.io(&["write -P 0x11 0 1M", "flush"]);
+    n.stop();
+
+    // Writer A sees only brick 0.
+    pool.net.cut(1);
+    let n = Nbd::start(&pool, 0, "disk0");
+    n.io(&["write -P 0xaa 0 64k", "flush", "read -P 0xaa 0 64k"]);
+    n.stop();
+
+    // Writer B sees only brick 1, which nobody it can reach marks stale.
+    pool.net.restore(1);
+    pool.net.cut(0);
+    let n = Nbd::start(&pool, 1, "disk0");
+    n.io(&["write -P 0xbb 0 64k", "flush", "read -P 0xbb 0 64k"]);
+    n.stop();
+
+    // The partition heals: each brick accuses the other.
+    pool.net.restore(0);
+    let sb = pool.volume(0, &["heal", "vm", "info", "split-brain"]);
+    println!("{sb}");
+    let lines: Vec<&str> = sb.lines().collect();
+    assert_eq!(lines.len(), 1, "{sb}");
+    assert!(
+        lines[0].contains(&format!("bricks {} <-> {}", a[0], a[1]))
+            || lines[0].contains(&format!("bricks {} <-> {}", a[1], a[0])),
+        "{sb}"
+    );
+    assert!(lines[0].contains(" chunk 0 region 0:"), "{sb}");
+    // "set 0 object V.N.U chunk 0 region 0: ..."
+    let obj: Vec<u32> = lines[0]
+        .split_whitespace()
+        .nth(3)
+        .expect("object")
+        .split('.')
+        .map(|x| x.parse().expect("fid"))
+        .collect();
+    let fid = Fid {
+        volume: obj[0],
+        vnode: obj[1],
+        unique: obj[2],
+    };
+    let info = pool.volume(1, &["heal", "vm", "info"]);
+    assert!(info.contains("Regions in split-brain: 1"), "{info}");
+
+    // Plain heal does not pick a side.
+    let healed = pool.volume(0, &["heal", "vm"]);
+    assert!(healed.contains(" 1 in split-brain"), "{healed}");
+    let secret = pool.secret();
+    let (c0, _) = brick_chunk(&a[0], &secret, fid.chunk(0), 1 << 20).await;
+    let (c1, _) = brick_chunk(&a[1], &secret, fid.chunk(0), 1 << 20).await;
+    assert!(c0[..64 << 10].iter().all(|&b| b == 0xaa));
+    assert!(c1[..64 << 10].iter().all(|&b| b == 0xbb));
+    assert!(c0[64 << 10..].iter().all(|&b| b == 0x11));
+    assert!(c1[64 << 10..].iter().all(|&b| b == 0x11));
+
+    // Brick 1's side wins.
+    let r = pool.volume(0, &["heal", "vm", "split-brain", "source-brick", &a[1]]);
+    println!("{r}");
+    assert!(!r.contains(" 0 regions healed"), "{r}");
+    let sb = pool.volume(0, &["heal", "vm", "info", "split-brain"]);
+    assert!(sb.contains("No regions in split-brain"), "{sb}");
+    let info = pool.volume(0, &["heal", "vm", "info"]);
+    assert_eq!(pending_regions(&info), vec![0, 0], "{info}");
+    let (c0, s0) = brick_chunk(&a[0], &secret, fid.chunk(0), 1 << 20).await;
+    let (c1, s1) = brick_chunk(&a[1], &secret, fid.chunk(0), 1 << 20).await;
+    assert!(c0 == c1, "bricks differ after resolution");
+    assert_eq!(s0, s1);
+    assert!(c0[..64 << 10].iter().all(|&b| b == 0xbb));
+    assert!(c0[64 << 10..].iter().all(|&b| b == 0x11));
+    // And a client sees brick 1's data, from either brick.
+    for via in 0..2 {
+        let n = Nbd::start(&pool, via, "disk0");
+        n.io(&["read -P 0xbb 0 64k", "read -P 0x11 64k 960k"]);
+        n.stop();
+    }
+}
