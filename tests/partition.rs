@@ -64,8 +64,8 @@ impl Net {
             addr: Vec::new(),
             guard_routes: Vec::new(),
         };
-        // Three /24s per test process and tag, spread by pid.
-        let base = (pid % 40) as usize * 6 + if tag == 'a' { 0 } else { 3 };
+        // Three /24s per test process and tag ('a', 'b', 'c'), spread by pid.
+        let base = (pid % 25) as usize * 9 + 3 * (tag as usize - 'a' as usize).min(2);
         for i in 0..n {
             let ns = format!("st{pid}{tag}n{i}");
             let rdev = format!("st{pid}{tag}r{i}");
@@ -116,6 +116,43 @@ impl Net {
             !out.status.success(),
             "{host} must be unreachable while cut off, not routed: {}",
             String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    /// Cuts brick `i` off by dropping every packet sent to it (the link
+    /// stays up: open connections hang rather than fail). A zero-length
+    /// `pfifo` drops all it is given, like `netem loss 100%` (this kernel
+    /// has no `sch_netem`).
+    fn blackhole(&self, i: usize) {
+        let out = Command::new("tc")
+            .args([
+                "qdisc",
+                "add",
+                "dev",
+                &self.root_dev[i],
+                "root",
+                "pfifo",
+                "limit",
+                "0",
+            ])
+            .output()
+            .expect("run tc");
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn unblackhole(&self, i: usize) {
+        let out = Command::new("tc")
+            .args(["qdisc", "del", "dev", &self.root_dev[i], "root"])
+            .output()
+            .expect("run tc");
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
@@ -311,9 +348,28 @@ fn pending_regions(info: &str) -> Vec<u64> {
 
 const MIB: usize = 1 << 20;
 
+/// How a test cuts a brick off.
+#[derive(Clone, Copy, Debug)]
+enum CutBy {
+    /// `ip link set DEV down`: connections fail (no route to host).
+    LinkDown,
+    /// `tc qdisc add DEV root pfifo limit 0`: packets vanish, calls hang
+    /// until the volume's ping-timeout.
+    QdiscDrop,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_brick_misses_writes_then_heal_makes_replicas_identical() {
-    let Some(pool) = NsPool::start(3, 'a') else {
+async fn partitioned_brick_link_down_then_heal_makes_replicas_identical() {
+    partition_then_heal('a', CutBy::LinkDown).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_brick_dropping_qdisc_then_heal_makes_replicas_identical() {
+    partition_then_heal('c', CutBy::QdiscDrop).await;
+}
+
+async fn partition_then_heal(tag: char, how: CutBy) {
+    let Some(pool) = NsPool::start(3, tag) else {
         return;
     };
     let a = &pool.net.addr;
@@ -349,14 +405,20 @@ async fn partitioned_brick_misses_writes_then_heal_makes_replicas_identical() {
             .await
             .unwrap_or_else(|e| panic!("write {i}: {e}"));
     }
-    pool.net.cut(2);
+    match how {
+        CutBy::LinkDown => pool.net.cut(2),
+        CutBy::QdiscDrop => pool.net.blackhole(2),
+    }
     let t = std::time::Instant::now();
     for i in 6..12 {
         obj.write((i * MIB) as u64, &data[i * MIB..(i + 1) * MIB])
             .await
             .unwrap_or_else(|e| panic!("write {i} with brick 2 cut off: {e}"));
     }
-    println!("6 MiB written with brick 2 cut off in {:?}", t.elapsed());
+    println!(
+        "{how:?}: 6 MiB written with brick 2 cut off in {:?}",
+        t.elapsed()
+    );
     // Brick 2 missed these: heal info (from the root namespace, which sees
     // bricks 0 and 1 only) says so.
     let info = pool.volume(0, &["heal", "vm", "info"]);
@@ -370,7 +432,10 @@ async fn partitioned_brick_misses_writes_then_heal_makes_replicas_identical() {
         "{info}"
     );
 
-    pool.net.restore(2);
+    match how {
+        CutBy::LinkDown => pool.net.restore(2),
+        CutBy::QdiscDrop => pool.net.unblackhole(2),
+    }
     let link = client.links()[2].clone();
     let mut waited = 0;
     while !link.is_up() {
