@@ -64,8 +64,8 @@ impl Net {
             addr: Vec::new(),
             guard_routes: Vec::new(),
         };
-        // Three /24s per test process and tag ('a', 'b', 'c'), spread by pid.
-        let base = (pid % 25) as usize * 9 + 3 * (tag as usize - 'a' as usize).min(2);
+        // Three /24s per test process and tag ('a' to 'd'), spread by pid.
+        let base = (pid % 20) as usize * 12 + 3 * (tag as usize - 'a' as usize).min(3);
         for i in 0..n {
             let ns = format!("st{pid}{tag}n{i}");
             let rdev = format!("st{pid}{tag}r{i}");
@@ -502,9 +502,28 @@ struct Nbd {
 }
 
 impl Nbd {
+    /// In the root namespace (reaches every brick that is not cut off).
     fn start(pool: &NsPool, via: usize, image: &str) -> Nbd {
-        let mut child = common::stretto()
-            .args(["nbd", "serve", "--volume", "vm", "--listen", "127.0.0.1:0"])
+        let mut cmd = common::stretto();
+        cmd.args(["nbd", "serve", "--volume", "vm", "--listen", "127.0.0.1:0"]);
+        Nbd::spawn(cmd, pool, via, image)
+    }
+
+    /// Inside brick `i`'s namespace: it reaches brick `i` only (the
+    /// namespace has no route to the others), and listens on the
+    /// namespace's address, which the root namespace reaches.
+    fn start_in(pool: &NsPool, i: usize, image: &str) -> Nbd {
+        let host = pool.net.addr[i].split(':').next().expect("host");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &pool.net.ns[i]])
+            .arg(env!("CARGO_BIN_EXE_stretto"))
+            .args(["nbd", "serve", "--volume", "vm", "--listen"])
+            .arg(format!("{host}:0"));
+        Nbd::spawn(cmd, pool, i, image)
+    }
+
+    fn spawn(mut cmd: Command, pool: &NsPool, via: usize, image: &str) -> Nbd {
+        let mut child = cmd
             .args(["--pool", &pool.net.addr[via], "--secret-file"])
             .arg(&pool.secret)
             .env("STRETTO_LOG", "warn")
@@ -669,4 +688,83 @@ async fn split_brain_made_by_two_partitioned_writers_is_resolved_through_the_cli
         n.io(&["read -P 0xbb 0 64k", "read -P 0x11 64k 960k"]);
         n.stop();
     }
+}
+
+/// Two NBD servers alive at once, each in one brick's namespace and so
+/// reaching only that brick (`quorum-type none`), each take the image's
+/// lease from their own brick and write different data to the same bytes:
+/// a split-brain made by the volume layer itself, with no hand-made marks.
+/// `heal info split-brain` lists it; `split-brain bigger-version` picks the
+/// side whose chunk changed more often.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_both_sides_of_a_partition_then_bigger_version_wins() {
+    let Some(pool) = NsPool::start(2, 'd') else {
+        return;
+    };
+    let a = &pool.net.addr;
+    let secret_file = pool.secret.to_str().expect("utf-8").to_string();
+    pool.volume(0, &["create", "vm", "replica", "2", &a[0], &a[1]]);
+    pool.volume(0, &["start", "vm"]);
+    pool.volume(0, &["set", "vm", "quorum-type", "none"]);
+    pool.volume(0, &["set", "vm", "ping-timeout", "2"]);
+    ok(run(&[
+        "image",
+        "create",
+        "disk0",
+        "4M",
+        "--volume",
+        "vm",
+        "--pool",
+        &a[0],
+        "--secret-file",
+        &secret_file,
+    ]));
+    let n = Nbd::start(&pool, 0, "disk0");
+    n.io(&["write -P 0x11 0 1M", "flush"]);
+    n.stop();
+
+    let side_a = Nbd::start_in(&pool, 0, "disk0");
+    let side_b = Nbd::start_in(&pool, 1, "disk0");
+    side_a.io(&["write -P 0xaa 0 64k", "flush"]);
+    // Side B changes the chunk twice: its copy gets the bigger version.
+    side_b.io(&["write -P 0xbb 0 32k", "write -P 0xbb 32k 32k", "flush"]);
+    // Both alive, each reads its own side's data.
+    side_a.io(&["read -P 0xaa 0 64k", "read -P 0x11 64k 960k"]);
+    side_b.io(&["read -P 0xbb 0 64k", "read -P 0x11 64k 960k"]);
+    side_a.stop();
+    side_b.stop();
+
+    let sb = pool.volume(0, &["heal", "vm", "info", "split-brain"]);
+    println!("{sb}");
+    assert_eq!(sb.lines().count(), 1, "{sb}");
+    assert!(sb.contains(" chunk 0 region 0: bricks "), "{sb}");
+    let obj: Vec<u32> = sb
+        .split_whitespace()
+        .nth(3)
+        .expect("object")
+        .split('.')
+        .map(|x| x.parse().expect("fid"))
+        .collect();
+    let fid = Fid {
+        volume: obj[0],
+        vnode: obj[1],
+        unique: obj[2],
+    };
+    let r = pool.volume(1, &["heal", "vm", "split-brain", "bigger-version"]);
+    println!("{r}");
+    assert!(!r.contains(" 0 regions healed"), "{r}");
+    let sb = pool.volume(1, &["heal", "vm", "info", "split-brain"]);
+    assert!(sb.contains("No regions in split-brain"), "{sb}");
+    let info = pool.volume(0, &["heal", "vm", "info"]);
+    assert_eq!(pending_regions(&info), vec![0, 0], "{info}");
+    let secret = pool.secret();
+    let (c0, s0) = brick_chunk(&a[0], &secret, fid.chunk(0), 1 << 20).await;
+    let (c1, s1) = brick_chunk(&a[1], &secret, fid.chunk(0), 1 << 20).await;
+    assert!(c0 == c1, "bricks differ after resolution");
+    assert_eq!(s0, s1);
+    assert!(c0[..64 << 10].iter().all(|&b| b == 0xbb), "side B must win");
+    assert!(c0[64 << 10..].iter().all(|&b| b == 0x11));
+    let n = Nbd::start(&pool, 0, "disk0");
+    n.io(&["read -P 0xbb 0 64k", "read -P 0x11 64k 960k"]);
+    n.stop();
 }
