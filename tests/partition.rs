@@ -53,8 +53,12 @@ impl Net {
     fn create(n: usize, tag: char) -> Option<Net> {
         let pid = std::process::id();
         let probe = format!("st{pid}{tag}probe");
-        if !ip(&["netns", "add", &probe]).status.success() {
-            eprintln!("skipping: cannot create network namespaces (needs root)");
+        let made = Command::new("ip")
+            .args(["netns", "add", &probe])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !made {
+            eprintln!("skipping: cannot create network namespaces (needs root and iproute2)");
             return None;
         }
         ip_ok(&["netns", "del", &probe]);
