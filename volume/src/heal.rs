@@ -298,7 +298,14 @@ async fn heal_set(
                         report.regions_skipped += targets.len() as u64;
                         continue;
                     }
-                    let live: Vec<usize> = targets.iter().copied().filter(|&t| up[t]).collect();
+                    // A target that did not grant us the lease (it still
+                    // holds another writer's, e.g. a dead one's not yet run
+                    // out) would refuse the copy: leave it for a later run.
+                    let live: Vec<usize> = targets
+                        .iter()
+                        .copied()
+                        .filter(|&t| up[t] && epochs[t] != 0)
+                        .collect();
                     report.regions_skipped += (targets.len() - live.len()) as u64;
                     if live.is_empty() {
                         continue;

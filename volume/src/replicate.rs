@@ -466,7 +466,13 @@ impl Replicate {
         for (i, a) in answers {
             match a {
                 Ok((r, _)) => match reply_err(&r) {
-                    Some(e) if e.code == ErrorCode::StaleEpoch => fenced = Some(e.message.clone()),
+                    // Under a lease, only a brick that granted it to us can
+                    // fence us. One that did not (it still holds a dead
+                    // writer's unexpired lease) refuses our epoch-0 change:
+                    // it missed the change, like a brick that is down.
+                    Some(e) if e.code == ErrorCode::StaleEpoch && !(leased && epochs[i] == 0) => {
+                        fenced = Some(e.message.clone())
+                    }
                     Some(e) => {
                         tracing::warn!(volume = %self.volume, brick = self.links[i].addr(), %fid, op, error = %e, "brick refused a change");
                     }
@@ -1056,6 +1062,9 @@ impl Replicate {
                 regions.extend(m.marks.iter().map(|m| (m.object, m.region)));
             }
         }
+        // A brick whose copy of the dead writer's lease had not yet run out
+        // when we took it from the others may grant it now.
+        self.join_lease(fid, &up).await;
         let epochs = self.epochs(fid);
         let mut settled = 0;
         for (oid, region) in regions {
@@ -1066,8 +1075,20 @@ impl Replicate {
             else {
                 continue;
             };
-            let dsts: Vec<usize> = upi.iter().copied().filter(|&i| i != src).collect();
+            // Bricks that did not grant us the lease refuse our writes:
+            // they miss the settle and are marked pending for the region
+            // (by the bricks that now agree) before its active marks go.
+            let (dsts, missed): (Vec<usize>, Vec<usize>) = upi
+                .iter()
+                .copied()
+                .filter(|&i| i != src)
+                .partition(|&i| epochs[i] != 0);
             self.copy_region(oid, region, src, &dsts, &epochs).await?;
+            if !missed.is_empty() {
+                let mut good = dsts.clone();
+                good.push(src);
+                self.add_pending(oid, region, 1, &good, &missed).await?;
+            }
             self.fan_out(&upi, |_| {
                 (
                     Request::Marks(MarksReq {
