@@ -121,13 +121,23 @@ pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
         .context("cannot run fio (install it: apt-get install fio)")?;
     if !out.status.success() {
         bail!(
-            "fio {} failed: {}",
+            "fio {} failed ({}): {} {}",
             job.uri,
-            String::from_utf8_lossy(&out.stderr).trim()
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
         );
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("fio printed no JSON")?;
+    // The nbd engine may print notes (e.g. the export's size) before the
+    // JSON document: parse from the first line that opens it.
+    let text = String::from_utf8_lossy(&out.stdout);
+    let start = text
+        .find("\n{")
+        .map(|i| i + 1)
+        .or_else(|| text.starts_with('{').then_some(0))
+        .with_context(|| format!("fio printed no JSON: {}", text.trim()))?;
+    let v: serde_json::Value = serde_json::from_str(&text[start..])
+        .with_context(|| format!("fio printed bad JSON: {}", text.trim()))?;
     let job_v = &v["jobs"][0];
     if job_v["error"].as_i64().unwrap_or(0) != 0 {
         bail!("fio {} reported error {}", job.uri, job_v["error"]);

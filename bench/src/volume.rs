@@ -238,7 +238,14 @@ async fn run_in(root: &Path, quick: bool) -> Result<()> {
          QD = concurrent tokio tasks on one client; the object is laid out first."
     );
     println!();
-    table_header(&["workload", "QD", "unit", "single", "replica-3", "replica-3/single"]);
+    table_header(&[
+        "workload",
+        "QD",
+        "unit",
+        "single",
+        "replica-3",
+        "replica-3/single",
+    ]);
     let mut figs = vec![[Vec::new(), Vec::new()]; CELLS.len()];
     for rep_i in 0..reps {
         for (i, cell) in CELLS.iter().enumerate() {
