@@ -13,6 +13,7 @@ APT_PACKAGES=(
     e2fsprogs   # mkfs/e2fsck for file-system checks
     fio         # object-store and NBD comparisons in bench/
     fuse3       # fusermount3 for the nbdfuse ext4 test
+    nbdkit      # NBD peer in bench/ (stretto-bench nbd)
     libnbd-bin  # nbdinfo, nbdcopy, nbdsh (NBD real-client tests)
     nbdfuse     # NBD export as a file, for loop + ext4 (NBD test)
     python3-libnbd # nbdsh's python module

@@ -7,6 +7,9 @@
 
 pub mod brick_tcp;
 pub mod fio;
+pub mod nbd;
 pub mod objects;
+pub mod procs;
 pub mod rvm;
 pub mod stats;
+pub mod volume;

@@ -16,6 +16,12 @@ enum Which {
     Objects,
     /// Brick requests over TCP loopback vs the same calls in-process.
     Transport,
+    /// NBD exports (single-brick and replica-3 volumes) vs nbdkit and qemu-nbd, via fio's nbd engine.
+    /// Needs target/release/stretto next to this binary (`cargo build --release`).
+    Nbd,
+    /// volume::Client in-process: replica-3 vs single brick, and heal time vs data missed.
+    /// Needs target/release/stretto next to this binary (`cargo build --release`).
+    Volume,
 }
 
 /// Stretto component benchmarks (measure, never assert).
@@ -71,6 +77,12 @@ fn main() -> Result<()> {
         }
         if matches!(args.which, Which::All | Which::Transport) {
             stretto_bench::brick_tcp::run(&dir, args.quick)?;
+        }
+        if matches!(args.which, Which::All | Which::Volume) {
+            stretto_bench::volume::run(&dir, args.quick)?;
+        }
+        if matches!(args.which, Which::All | Which::Nbd) {
+            stretto_bench::nbd::run(&dir, args.quick)?;
         }
         Ok(())
     })();

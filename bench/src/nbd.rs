@@ -1,0 +1,208 @@
+//! NBD export throughput: Stretto's `stretto nbd serve` over a single-brick
+//! volume and over a replica-3 volume, next to nbdkit's file plugin and
+//! qemu-nbd on a file in the same file system, all driven by fio's nbd
+//! engine in the same run.
+//!
+//! Everything runs as real processes on loopback: `stretto brick serve` ×4
+//! (bricks always use O_DIRECT), `stretto volume create/start`, `stretto
+//! image create`, `stretto nbd serve` ×2, `nbdkit file FILE cache=none`,
+//! `qemu-nbd --cache=none --aio=io_uring -e 8 -f raw FILE`. Each target is
+//! laid out by one sequential pass first, so reads hit written data on all
+//! of them. Cells are interleaved (each repetition runs every workload on
+//! every target in turn) so drifting machine load spreads over all targets;
+//! the figure is the median of the repetitions.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::fio::{self, NbdJob};
+use crate::procs::{self, Bricks};
+use crate::stats::{median, table_header, table_row};
+
+const MIB: u64 = 1 << 20;
+
+/// One fio workload of the matrix.
+struct Workload {
+    title: &'static str,
+    rw: &'static str,
+    bs: u32,
+    /// Report MiB/s (true) or IOPS.
+    bandwidth: bool,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        title: "sequential write 1 MiB",
+        rw: "write",
+        bs: 1 << 20,
+        bandwidth: true,
+    },
+    Workload {
+        title: "sequential read 1 MiB",
+        rw: "read",
+        bs: 1 << 20,
+        bandwidth: true,
+    },
+    Workload {
+        title: "random write 4 KiB",
+        rw: "randwrite",
+        bs: 4096,
+        bandwidth: false,
+    },
+    Workload {
+        title: "random read 4 KiB",
+        rw: "randread",
+        bs: 4096,
+        bandwidth: false,
+    },
+];
+
+const QDS: [u32; 2] = [1, 32];
+
+/// Runs the NBD benchmark in `dir` and prints a table per workload.
+pub fn run(dir: &Path, quick: bool) -> Result<()> {
+    procs::need("fio", "fio")?;
+    procs::need("nbdkit", "nbdkit")?;
+    procs::need("qemu-nbd", "qemu-utils")?;
+    let (size, reps, ramp, secs) = if quick {
+        (512 * MIB, 1, 1, 3)
+    } else {
+        (2048 * MIB, 3, 2, 10)
+    };
+    let root = dir.join("nbd-bench");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let r = run_in(&root, size, reps, ramp, secs);
+    let _ = std::fs::remove_dir_all(&root);
+    r
+}
+
+fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<()> {
+    // Bricks 0..3: the replica-3 volume; brick 3: the single-brick volume.
+    let mut bricks = Bricks::start(&root.join("pool"), 4)?;
+    let rep: [usize; 3] = [0, 1, 2];
+    let single: [usize; 1] = [3];
+    let (a, b, c, d) = (
+        bricks.addrs[0].clone(),
+        bricks.addrs[1].clone(),
+        bricks.addrs[2].clone(),
+        bricks.addrs[3].clone(),
+    );
+    bricks.volume(&rep, &["create", "rep3", "replica", "3", &a, &b, &c])?;
+    bricks.volume(&rep, &["start", "rep3"])?;
+    bricks.volume(&single, &["create", "single", &d])?;
+    bricks.volume(&single, &["start", "single"])?;
+    bricks.image_create(&rep, "rep3", "disk", size)?;
+    bricks.image_create(&single, "single", "disk", size)?;
+    let (mut nbd_rep, rep_addr) = bricks.nbd_serve(&rep, "rep3")?;
+    let (mut nbd_single, single_addr) = bricks.nbd_serve(&single, "single")?;
+
+    let peer_file = root.join("peer-nbdkit.raw");
+    let qemu_file = root.join("peer-qemu.raw");
+    for f in [&peer_file, &qemu_file] {
+        std::fs::File::create(f)
+            .and_then(|h| h.set_len(size))
+            .with_context(|| format!("create {}", f.display()))?;
+    }
+    let kit_port = procs::free_port()?;
+    let mut nbdkit = procs::nbdkit_file(&peer_file, kit_port, &root.join("nbdkit.log"))?;
+    let qemu_port = procs::free_port()?;
+    let mut qemu = procs::qemu_nbd(&qemu_file, qemu_port, "disk", &root.join("qemu-nbd.log"))?;
+
+    let targets = [
+        ("stretto single", format!("nbd://{single_addr}/disk")),
+        ("stretto replica-3", format!("nbd://{rep_addr}/disk")),
+        ("nbdkit file", format!("nbd://127.0.0.1:{kit_port}/")),
+        ("qemu-nbd", format!("nbd://127.0.0.1:{qemu_port}/disk")),
+    ];
+
+    println!(
+        "\n## NBD export vs nbdkit and qemu-nbd (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps})\n",
+        size / MIB
+    );
+    println!(
+        "Modes: Stretto bricks use O_DIRECT (replica-3 = three brick processes, single = a \
+         `distribute` volume of one brick); nbdkit `file cache=none` (page cache kept out by \
+         posix_fadvise, not O_DIRECT); qemu-nbd `--cache=none --aio=io_uring -e 8` (O_DIRECT). \
+         All files on the same file system; every target laid out by one sequential pass first. \
+         One fio job, one NBD connection per cell."
+    );
+
+    for (name, uri) in &targets {
+        fio::nbd(&NbdJob {
+            uri,
+            size,
+            rw: "write",
+            bs: 1 << 20,
+            qd: 32,
+            ramp: 0,
+            secs: 0,
+        })
+        .with_context(|| format!("laying out {name}"))?;
+    }
+
+    // figures[workload][qd][target] = repetitions.
+    let mut figures = vec![vec![vec![Vec::new(); targets.len()]; QDS.len()]; WORKLOADS.len()];
+    for _ in 0..reps {
+        for (w, wl) in WORKLOADS.iter().enumerate() {
+            for (q, &qd) in QDS.iter().enumerate() {
+                for (t, (name, uri)) in targets.iter().enumerate() {
+                    let r = fio::nbd(&NbdJob {
+                        uri,
+                        size,
+                        rw: wl.rw,
+                        bs: wl.bs,
+                        qd,
+                        ramp,
+                        secs,
+                    })
+                    .with_context(|| format!("{} QD{qd} on {name}", wl.title))?;
+                    figures[w][q][t].push(if wl.bandwidth { r.mib_s } else { r.iops });
+                }
+            }
+        }
+    }
+
+    for (w, wl) in WORKLOADS.iter().enumerate() {
+        println!(
+            "\n### {} ({})\n",
+            wl.title,
+            if wl.bandwidth { "MiB/s" } else { "IOPS" }
+        );
+        table_header(&[
+            "QD",
+            "stretto single",
+            "stretto replica-3",
+            "nbdkit",
+            "qemu-nbd",
+            "single/nbdkit",
+            "single/qemu-nbd",
+            "replica-3/nbdkit",
+            "replica-3/qemu-nbd",
+        ]);
+        for (q, qd) in QDS.iter().enumerate() {
+            let m: Vec<f64> = figures[w][q].iter().map(|v| median(v.clone())).collect();
+            table_row(&[
+                qd.to_string(),
+                format!("{:.0}", m[0]),
+                format!("{:.0}", m[1]),
+                format!("{:.0}", m[2]),
+                format!("{:.0}", m[3]),
+                format!("{:.2}×", m[0] / m[2]),
+                format!("{:.2}×", m[0] / m[3]),
+                format!("{:.2}×", m[1] / m[2]),
+                format!("{:.2}×", m[1] / m[3]),
+            ]);
+        }
+    }
+
+    // Stop the NBD servers first (they flush and release their leases
+    // through the bricks), then the peers, then the bricks.
+    nbd_single.stop();
+    nbd_rep.stop();
+    nbdkit.stop();
+    qemu.stop();
+    bricks.stop();
+    Ok(())
+}
