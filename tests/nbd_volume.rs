@@ -179,14 +179,28 @@ fn nbdinfo_shows_size_flags_block_sizes_map_and_list() {
         ])
         .arg(srv.uri("disk1")));
     let map = stdout(Command::new("nbdinfo").arg("--map").arg(srv.uri("disk1")));
+    // Lines are `offset length type description`; type 0 is data, 2 zero.
     let mut covered = 0u64;
+    let mut data = Vec::new();
     for line in map.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 2 {
-            covered += f[1].parse::<u64>().unwrap_or(0);
+        if f.len() >= 3 {
+            let (off, len): (u64, u64) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+            assert_eq!(off, covered, "map has a gap or overlap:\n{map}");
+            covered += len;
+            match f[2] {
+                "0" => data.push((off, len)),
+                "2" => {}
+                other => panic!("unexpected extent type {other}:\n{map}"),
+            }
         }
     }
     assert_eq!(covered, 32 * MIB, "map does not cover the export:\n{map}");
+    assert_eq!(
+        data,
+        vec![(MIB, 65536), (20 * MIB, 4096)],
+        "data extents:\n{map}"
+    );
 }
 
 #[test]

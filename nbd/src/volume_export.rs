@@ -14,7 +14,13 @@ use std::io;
 use iobuf::IoBuf;
 use volume::Object;
 
-use crate::export::{Export, ExportError, ExportFuture, ReadData, ZeroFlags};
+use crate::export::{Export, ExportError, ExportFuture, Extent, ReadData, ZeroFlags};
+
+/// Most bytes one BLOCK_STATUS reply looks at (the reply may cover less than
+/// asked; the client asks again for the rest).
+const STATUS_SPAN: u64 = 8 << 20;
+/// Granularity of the zero scan.
+const STATUS_BLOCK: usize = 4096;
 
 /// A volume object served as a block device of a fixed size.
 pub struct VolumeExport {
@@ -154,6 +160,34 @@ impl Export for VolumeExport {
                     .map_err(|e| io_err("flush (FUA)", offset, len, e))?;
             }
             Ok(())
+        })
+    }
+
+    /// The volume does not expose its allocation yet, so this reports what
+    /// the data says: ranges that read as zeros are `zero` extents (never
+    /// `hole`, which would claim the bricks hold nothing there), the rest
+    /// data. It reads at most [`STATUS_SPAN`] bytes per call.
+    fn block_status(&self, offset: u64, length: u32) -> ExportFuture<'_, Vec<Extent>> {
+        Box::pin(async move {
+            let len = u64::from(length).min(STATUS_SPAN).max(1);
+            let data = self
+                .object
+                .read(offset, len)
+                .await
+                .map_err(|e| io_err("block_status", offset, len, e))?;
+            let mut extents: Vec<Extent> = Vec::new();
+            for block in data.chunks(STATUS_BLOCK) {
+                let zero = block.iter().all(|&b| b == 0);
+                match extents.last_mut() {
+                    Some(last) if last.zero == zero => last.length += block.len() as u64,
+                    _ => extents.push(Extent {
+                        length: block.len() as u64,
+                        hole: false,
+                        zero,
+                    }),
+                }
+            }
+            Ok(extents)
         })
     }
 
