@@ -169,7 +169,7 @@ impl Export for VolumeExport {
     /// data. It reads at most [`STATUS_SPAN`] bytes per call.
     fn block_status(&self, offset: u64, length: u32) -> ExportFuture<'_, Vec<Extent>> {
         Box::pin(async move {
-            let len = u64::from(length).min(STATUS_SPAN).max(1);
+            let len = u64::from(length).clamp(1, STATUS_SPAN);
             let data = self
                 .object
                 .read(offset, len)
