@@ -407,12 +407,7 @@ pub async fn get(
 pub async fn delete(pool: &[String], secret: &Secret, name: &str) -> Result<(), ManageError> {
     let mut s = Session::new(secret);
     let view = s.read_table(pool).await?;
-    let entry = view
-        .table
-        .volumes
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let entry = view.entry(name)?;
     let (spec_gens, spec) = s.current_spec(name, &entry).await?;
     if spec.state == VolumeState::Started {
         return Err(ManageError::BadState {
@@ -463,28 +458,9 @@ pub async fn fetch(
 ) -> Result<VolumeSpec, ManageError> {
     let mut s = Session::new(secret);
     let view = s.read_table(pool).await?;
-    let entry = view
-        .table
-        .volumes
-        .get(name)
-        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
-    let mut best: Option<VolConfig> = None;
-    let mut last_err = None;
-    let mut found_from = None;
-    for b in &entry.bricks {
-        match s.get(b, entry.id).await {
-            Ok(Some(c)) => {
-                if best.as_ref().is_none_or(|x| c.generation > x.generation) {
-                    best = Some(c);
-                    found_from = Some(b.clone());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-    }
-    let (Some(c), Some(b)) = (best, found_from) else {
-        return Err(last_err.unwrap_or(ManageError::NoSuchVolume { name: name.into() }));
+    let entry = view.entry(name)?;
+    let Some((b, c)) = s.newest(&entry.bricks, entry.id).await? else {
+        return Err(ManageError::NoSuchVolume { name: name.into() });
     };
     match decode_at(&b, entry.id, &c.config)? {
         Record::Volume(spec) => Ok(spec),
@@ -696,12 +672,7 @@ async fn modify(
 ) -> Result<VolumeSpec, ManageError> {
     let mut s = Session::new(secret);
     let view = s.read_table(pool).await?;
-    let entry = view
-        .table
-        .volumes
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let entry = view.entry(name)?;
     let (gens, spec) = s.current_spec(name, &entry).await?;
     let mut new = spec.clone();
     f(&mut new)?;
@@ -745,12 +716,7 @@ pub async fn replace_brick(
     check_bricks(VolumeKind::Distribute, &[new.to_string()])?;
     let mut s = Session::new(secret);
     let view = s.read_table(pool).await?;
-    let entry = view
-        .table
-        .volumes
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })?;
+    let entry = view.entry(name)?;
     let Some(pos) = entry.bricks.iter().position(|b| b == old) else {
         return Err(ManageError::NotInVolume {
             brick: old.into(),
@@ -918,14 +884,7 @@ async fn modify_images<R>(
 ) -> Result<(VolumeSpec, ImageTable, R), ManageError> {
     let mut s = Session::new(secret);
     let view = s.read_table(pool).await?;
-    let entry =
-        view.table
-            .volumes
-            .get(volume)
-            .cloned()
-            .ok_or_else(|| ManageError::NoSuchVolume {
-                name: volume.into(),
-            })?;
+    let entry = view.entry(volume)?;
     let (_, spec) = s.current_spec(volume, &entry).await?;
     let id = images_id(entry.id);
     let bricks: BTreeSet<String> = entry.bricks.iter().cloned().collect();
@@ -1002,31 +961,7 @@ pub async fn image_list(
     let spec = fetch(pool, secret, volume).await?;
     let id = images_id(spec.id);
     let mut s = Session::new(secret);
-    let mut best: Option<(String, VolConfig)> = None;
-    let mut answered = false;
-    let mut last_err = None;
-    for b in &spec.bricks {
-        match s.get(b, id).await {
-            Ok(c) => {
-                answered = true;
-                if let Some(c) = c {
-                    if best
-                        .as_ref()
-                        .is_none_or(|(_, x)| c.generation > x.generation)
-                    {
-                        best = Some((b.clone(), c));
-                    }
-                }
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    if !answered {
-        return Err(last_err.unwrap_or(ManageError::NothingReachable {
-            what: format!("volume {volume}"),
-            tried: spec.bricks.join(", "),
-        }));
-    }
+    let best = s.newest(&spec.bricks, id).await?;
     let table = match best {
         None => ImageTable {
             next_vnode: 1,
@@ -1169,6 +1104,17 @@ struct TableView {
     table: PoolTable,
 }
 
+impl TableView {
+    /// The table entry of volume `name`.
+    fn entry(&self, name: &str) -> Result<PoolEntry, ManageError> {
+        self.table
+            .volumes
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ManageError::NoSuchVolume { name: name.into() })
+    }
+}
+
 struct Session {
     secret: Secret,
     conns: BTreeMap<String, TcpClient>,
@@ -1291,6 +1237,42 @@ impl Session {
                 op: "BrickStats",
             }),
         }
+    }
+
+    /// The newest configuration `id` among the reachable ones of `bricks`
+    /// (unreachable bricks are skipped; at least one must answer), with the
+    /// brick it came from; `None` if no brick that answered holds it.
+    async fn newest(
+        &mut self,
+        bricks: &[String],
+        id: u32,
+    ) -> Result<Option<(String, VolConfig)>, ManageError> {
+        let mut best: Option<(String, VolConfig)> = None;
+        let mut answered = false;
+        let mut last_err = None;
+        for b in bricks {
+            match self.get(b, id).await {
+                Ok(c) => {
+                    answered = true;
+                    if let Some(c) = c {
+                        if best
+                            .as_ref()
+                            .is_none_or(|(_, x)| c.generation > x.generation)
+                        {
+                            best = Some((b.clone(), c));
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        if !answered {
+            return Err(last_err.unwrap_or(ManageError::NothingReachable {
+                what: format!("configuration {id}"),
+                tried: bricks.join(", "),
+            }));
+        }
+        Ok(best)
     }
 
     /// The pool table: asked of `first` (unreachable ones skipped, but at
