@@ -11,6 +11,8 @@
 //! - [`replicate`], [`distribute`]: the layout translators.
 //! - [`client`]: connect to a volume, get object handles.
 //! - [`heal`]: self-heal from pending marks, heal info, split-brain.
+//! - [`records`]: versioned records with all-or-nothing commits and a change
+//!   feed, the store a file volume's namespace lives in.
 //!
 //! It must never import `nbd` or `fuse-client` (they sit above it), nor
 //! `brick` or `storage` (a client reaches bricks only through `transport`).
@@ -21,6 +23,7 @@ pub mod error;
 pub mod heal;
 pub mod link;
 pub mod manage;
+pub mod records;
 pub mod replicate;
 pub mod spec;
 pub mod volfile;
