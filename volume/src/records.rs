@@ -83,6 +83,9 @@ pub enum RecordError {
     Other(String),
 }
 
+/// Records as a listing returns them: key and record, in key order.
+pub type Listing = Vec<(Vec<u8>, Record)>;
+
 /// A store of versioned records.
 pub trait RecordStore: Send + Sync {
     /// The record at `key`, if any.
@@ -95,7 +98,7 @@ pub trait RecordStore: Send + Sync {
         prefix: &'a [u8],
         after: &'a [u8],
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<(Vec<u8>, Record)>, RecordError>>;
+    ) -> BoxFuture<'a, Result<Listing, RecordError>>;
 
     /// Applies `ops` all-or-nothing and returns the commit's sequence
     /// number. On a failed guard nothing is applied and the error says
@@ -168,7 +171,7 @@ impl RecordStore for MemRecords {
         prefix: &'a [u8],
         after: &'a [u8],
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<(Vec<u8>, Record)>, RecordError>> {
+    ) -> BoxFuture<'a, Result<Listing, RecordError>> {
         let g = self.lock();
         let out: Vec<_> = g
             .records
