@@ -8,17 +8,20 @@
 //! ([`crate::xlator::SIZE_CHUNK`]), grown by writes that end past it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use transport::{ClientOptions, Secret};
+use transport::wire::GetVolConfig;
+use transport::{ClientOptions, Payload, Request, Response, Secret};
 
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
 use crate::replicate::Replicate;
-use crate::spec::VolumeSpec;
+use crate::spec::{VolumeSpec, VolumeState};
+use crate::volfile::{self, Record};
 use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator};
 
 /// Default `ping-timeout`: how long a call waits for a brick before the
@@ -28,19 +31,49 @@ pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default write-lease life without renewal.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
 
-/// A connected volume.
+/// A connected volume. Cheap to share: it is a handle on state that a
+/// background watcher may swap when the volume's description changes.
 pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// What a client and its object handles share.
+struct Shared {
+    /// The translator stack of the newest description seen.
+    stack: RwLock<Arc<Stack>>,
+    /// Lease owner id of this client (kept across reloads, so the leases it
+    /// holds stay its own).
+    owner: u64,
+    /// How to reach bricks that join the volume (`None`: links were handed
+    /// in by the caller, and the client does not reload).
+    connect: Option<(Secret, ClientOptions)>,
+    /// Generation of the description in `stack`, for watchers.
+    generation: watch::Sender<u64>,
+    /// The task that watches the volume's generation.
+    watcher: Mutex<Option<AbortHandle>>,
+}
+
+/// One version of the translator stack.
+struct Stack {
     spec: VolumeSpec,
     links: Vec<Arc<BrickLink>>,
     sets: Vec<Arc<Replicate>>,
     root: Arc<dyn Translator>,
 }
 
+impl Shared {
+    fn current(&self) -> Arc<Stack> {
+        self.stack.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.shared.current();
         f.debug_struct("Client")
-            .field("volume", &self.spec.name)
-            .field("links", &self.links)
+            .field("volume", &st.spec.name)
+            .field("generation", &st.spec.generation)
+            .field("links", &st.links)
             .finish()
     }
 }
@@ -58,107 +91,170 @@ pub fn ping_timeout(spec: &VolumeSpec) -> Result<Duration> {
         })
 }
 
+/// How often a client asks a brick for the volume's generation.
+pub const GENERATION_POLL: Duration = Duration::from_secs(1);
+
+/// Checks that `links` fit `spec` and stacks the translators over them.
+fn build_stack(
+    spec: VolumeSpec,
+    links: Vec<Arc<BrickLink>>,
+    owner: u64,
+    prev: Option<&Stack>,
+) -> Result<Stack> {
+    let bad = |reason: String| VolumeError::Spec {
+        volume: spec.name.clone(),
+        reason,
+    };
+    let n = spec.kind.set_size();
+    if n == 0 || spec.bricks.is_empty() || spec.bricks.len() % n != 0 {
+        return Err(bad(format!(
+            "{} bricks do not make sets of {n}",
+            spec.bricks.len()
+        )));
+    }
+    if links.len() != spec.bricks.len() {
+        return Err(bad(format!(
+            "{} links for {} bricks",
+            links.len(),
+            spec.bricks.len()
+        )));
+    }
+    if !spec.chunk_size.is_power_of_two() || spec.chunk_size < (1 << 20) {
+        return Err(bad(format!(
+            "chunk size {} is not a power of two of at least 1 MiB",
+            spec.chunk_size
+        )));
+    }
+    let mut sets = Vec::new();
+    for s in 0..spec.set_count() {
+        let set_links = links[s * n..(s + 1) * n].to_vec();
+        // The set's layout never changes under a volume that holds data,
+        // so set `s` of the new description succeeds set `s` of the old.
+        let set = match prev.and_then(|p| p.sets.get(s)) {
+            Some(old) => old.succeed(&spec, set_links)?,
+            None => Replicate::new(&spec, set_links, owner)?,
+        };
+        sets.push(Arc::new(set));
+    }
+    let root: Arc<dyn Translator> = if sets.len() == 1 {
+        sets[0].clone()
+    } else {
+        Arc::new(Distribute::new(
+            spec.chunk_size,
+            sets.iter()
+                .map(|s| s.clone() as Arc<dyn Translator>)
+                .collect(),
+        ))
+    };
+    Ok(Stack {
+        spec,
+        links,
+        sets,
+        root,
+    })
+}
+
 impl Client {
     /// Connects to every brick of `spec` (bricks that do not answer are
     /// retried in the background) and builds the translator stack. The
     /// volume's `ping-timeout` becomes the transport's request timeout.
+    ///
+    /// The client then watches the volume's generation (asking a brick
+    /// every [`GENERATION_POLL`]) and, when it moves, reloads: new options
+    /// take effect, bricks that joined (replace-brick) are connected and
+    /// bricks that left are dropped, with the leases it holds carried over.
     pub async fn connect_spec(
         spec: VolumeSpec,
         secret: Secret,
         opts: ClientOptions,
     ) -> Result<Client> {
-        let mut opts = opts;
-        opts.request_timeout = ping_timeout(&spec)?;
-        opts.connect_timeout = opts.connect_timeout.min(opts.request_timeout);
+        let opts = link_options(&spec, opts)?;
         let mut links = Vec::with_capacity(spec.bricks.len());
         for b in &spec.bricks {
             links.push(BrickLink::connect(b, secret.clone(), opts.clone()).await);
         }
-        Client::with_links(spec, links)
+        let client = Client::build(spec, links, Some((secret, opts)))?;
+        let weak = Arc::downgrade(&client.shared);
+        let task = tokio::spawn(watch_generation(weak)).abort_handle();
+        *client
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(task);
+        Ok(client)
     }
 
     /// Builds the stack over links already made (one per brick of `spec`,
-    /// in order).
+    /// in order). Such a client does not reload on its own (see
+    /// [`Client::reload`]).
     pub fn with_links(spec: VolumeSpec, links: Vec<Arc<BrickLink>>) -> Result<Client> {
-        let bad = |reason: String| VolumeError::Spec {
-            volume: spec.name.clone(),
-            reason,
-        };
-        let n = spec.kind.set_size();
-        if n == 0 || spec.bricks.is_empty() || spec.bricks.len() % n != 0 {
-            return Err(bad(format!(
-                "{} bricks do not make sets of {n}",
-                spec.bricks.len()
-            )));
-        }
-        if links.len() != spec.bricks.len() {
-            return Err(bad(format!(
-                "{} links for {} bricks",
-                links.len(),
-                spec.bricks.len()
-            )));
-        }
-        if !spec.chunk_size.is_power_of_two() || spec.chunk_size < (1 << 20) {
-            return Err(bad(format!(
-                "chunk size {} is not a power of two of at least 1 MiB",
-                spec.chunk_size
-            )));
-        }
+        Client::build(spec, links, None)
+    }
+
+    fn build(
+        spec: VolumeSpec,
+        links: Vec<Arc<BrickLink>>,
+        connect: Option<(Secret, ClientOptions)>,
+    ) -> Result<Client> {
         let owner = loop {
             let o: u64 = rand::random();
             if o != 0 {
                 break o;
             }
         };
-        let mut sets = Vec::new();
-        for s in 0..spec.set_count() {
-            let set_links = links[s * n..(s + 1) * n].to_vec();
-            sets.push(Arc::new(Replicate::new(&spec, set_links, owner)?));
-        }
-        let root: Arc<dyn Translator> = if sets.len() == 1 {
-            sets[0].clone()
-        } else {
-            Arc::new(Distribute::new(
-                spec.chunk_size,
-                sets.iter()
-                    .map(|s| s.clone() as Arc<dyn Translator>)
-                    .collect(),
-            ))
-        };
+        let generation = spec.generation;
+        let stack = build_stack(spec, links, owner, None)?;
         Ok(Client {
-            spec,
-            links,
-            sets,
-            root,
+            shared: Arc::new(Shared {
+                stack: RwLock::new(Arc::new(stack)),
+                owner,
+                connect,
+                generation: watch::channel(generation).0,
+                watcher: Mutex::new(None),
+            }),
         })
     }
 
-    /// The volume description.
-    pub fn spec(&self) -> &VolumeSpec {
-        &self.spec
+    /// The volume description in use.
+    pub fn spec(&self) -> VolumeSpec {
+        self.shared.current().spec.clone()
+    }
+
+    /// A receiver that sees the generation of the description in use each
+    /// time the client reloads.
+    pub fn watch_generation(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
     }
 
     /// The top of the translator stack.
     pub fn translator(&self) -> Arc<dyn Translator> {
-        self.root.clone()
+        self.shared.current().root.clone()
     }
 
     /// The replica sets, in set order.
-    pub fn sets(&self) -> &[Arc<Replicate>] {
-        &self.sets
+    pub fn sets(&self) -> Vec<Arc<Replicate>> {
+        self.shared.current().sets.clone()
     }
 
     /// The brick links, in brick order.
-    pub fn links(&self) -> &[Arc<BrickLink>] {
-        &self.links
+    pub fn links(&self) -> Vec<Arc<BrickLink>> {
+        self.shared.current().links.clone()
+    }
+
+    /// Switches to a newer description of the same volume: bricks it keeps
+    /// keep their links (unless `ping-timeout` changed), bricks new to it
+    /// are connected, links to bricks that left are closed. Object handles
+    /// follow at their next call. A description that is not newer, or of
+    /// another volume, is refused.
+    pub async fn reload(&self, spec: VolumeSpec) -> Result<()> {
+        reload(&self.shared, spec).await
     }
 
     /// A handle on an object, without a lease: its changes are refused
     /// while another client holds the object's lease.
     pub fn object(&self, fid: Fid) -> Object {
         Object {
-            root: self.root.clone(),
-            sets: self.sets.clone(),
+            shared: self.shared.clone(),
             fid,
             known_size: Arc::new(AtomicU64::new(u64::MAX)),
             lease: None,
@@ -173,25 +269,31 @@ impl Client {
     /// identical on every brick that is up.
     pub async fn open_writer(&self, fid: Fid, lease: Duration) -> Result<Object> {
         let ms = lease.as_millis().clamp(100, u32::MAX as u128) as u32;
-        let out: LeaseOutcome = self
+        let st = self.shared.current();
+        let out: LeaseOutcome = st
             .root
             .lease(fid, LeaseAction::Acquire { duration_ms: ms })
             .await?;
         let mut settled = 0;
         if out.unclean {
-            for s in &self.sets {
+            for s in &st.sets {
                 let n = s.settle(fid).await?;
                 settled += n;
                 if n > 0 {
-                    tracing::info!(volume = %self.spec.name, %fid, regions = n, "settled the regions a dead writer left active");
+                    tracing::info!(volume = %st.spec.name, %fid, regions = n, "settled the regions a dead writer left active");
                 }
             }
         }
-        let root = self.root.clone();
+        let shared = Arc::downgrade(&self.shared);
         let period = Duration::from_millis(ms as u64 / 3);
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let root = shared.current().root.clone();
+                drop(shared);
                 if let Err(e) = root.lease(fid, LeaseAction::Renew).await {
                     tracing::warn!(%fid, error = %e, "lease renewal failed");
                     if matches!(e, VolumeError::Fenced { .. }) {
@@ -210,23 +312,167 @@ impl Client {
     /// Reloads every set's view of the pending marks from the bricks (after
     /// a heal, reads may use healed bricks again).
     pub async fn refresh_marks(&self) {
-        for s in &self.sets {
+        for s in &self.shared.current().sets {
             s.load_marks(true).await;
         }
     }
 
-    /// Closes every brick connection.
+    /// Stops watching the volume and closes every brick connection.
     pub async fn close(&self) {
-        for l in &self.links {
+        if let Some(w) = self
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            w.abort();
+        }
+        for l in &self.shared.current().links {
             l.close().await;
         }
     }
 }
 
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Object handles share the state; the watcher holds it weakly and
+        // ends by itself once the last handle is gone.
+        if Arc::strong_count(&self.shared) == 1 {
+            if let Some(w) = self
+                .shared
+                .watcher
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                w.abort();
+            }
+        }
+    }
+}
+
+/// See [`Client::reload`].
+async fn reload(shared: &Shared, spec: VolumeSpec) -> Result<()> {
+    let old = shared.current();
+    if spec.id != old.spec.id || spec.generation <= old.spec.generation {
+        return Err(VolumeError::Spec {
+            volume: old.spec.name.clone(),
+            reason: format!(
+                "cannot reload generation {} of volume id {} over generation {} of id {}",
+                spec.generation, spec.id, old.spec.generation, old.spec.id
+            ),
+        });
+    }
+    let Some((secret, opts)) = &shared.connect else {
+        return Err(VolumeError::Spec {
+            volume: old.spec.name.clone(),
+            reason: "this client was built over given links and cannot connect bricks".into(),
+        });
+    };
+    let opts = link_options(&spec, opts.clone())?;
+    let same_timeout = ping_timeout(&spec)? == ping_timeout(&old.spec)?;
+    let mut links = Vec::with_capacity(spec.bricks.len());
+    for b in &spec.bricks {
+        let kept = old
+            .links
+            .iter()
+            .find(|l| same_timeout && l.addr() == b.as_str());
+        links.push(match kept {
+            Some(l) => l.clone(),
+            None => BrickLink::connect(b, secret.clone(), opts.clone()).await,
+        });
+    }
+    let generation = spec.generation;
+    let stack = build_stack(spec, links, shared.owner, Some(&old))?;
+    let gone: Vec<_> = old
+        .links
+        .iter()
+        .filter(|l| !stack.links.iter().any(|n| Arc::ptr_eq(n, l)))
+        .cloned()
+        .collect();
+    *shared.stack.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(stack);
+    shared.generation.send_replace(generation);
+    for l in gone {
+        l.close().await;
+    }
+    Ok(())
+}
+
+/// The transport options a volume's links use: its `ping-timeout` is the
+/// request timeout.
+fn link_options(spec: &VolumeSpec, mut opts: ClientOptions) -> Result<ClientOptions> {
+    opts.request_timeout = ping_timeout(spec)?;
+    opts.connect_timeout = opts.connect_timeout.min(opts.request_timeout);
+    Ok(opts)
+}
+
+/// Asks one brick that is up for the volume's description every
+/// [`GENERATION_POLL`] and reloads the client when its generation is newer.
+async fn watch_generation(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(GENERATION_POLL).await;
+        let Some(s) = shared.upgrade() else { return };
+        let st = s.current();
+        let Some(newer) = newest_description(&st).await else {
+            continue;
+        };
+        let old_gen = st.spec.generation;
+        drop(st);
+        match newer {
+            Record::Volume(spec) => {
+                let generation = spec.generation;
+                let state = spec.state;
+                let name = spec.name.clone();
+                match reload(&s, spec).await {
+                    Ok(()) => tracing::info!(
+                        volume = %name,
+                        from = old_gen,
+                        to = generation,
+                        "volume description changed; client reloaded"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "volume description changed; reload failed")
+                    }
+                }
+                if state != VolumeState::Started {
+                    tracing::warn!(volume = %name, ?state, "the volume is no longer started");
+                }
+            }
+            _ => {
+                tracing::warn!(volume = %s.current().spec.name, "the volume was deleted; the client keeps its last description");
+                return;
+            }
+        }
+    }
+}
+
+/// The volume's description from the first brick that is up, if newer than
+/// the one in `st`.
+async fn newest_description(st: &Stack) -> Option<Record> {
+    for l in st.links.iter().filter(|l| l.is_up()) {
+        let req = Request::GetVolConfig(GetVolConfig { volume: st.spec.id });
+        let Ok((Response::VolConfig(c), _)) = l.call(req, Payload::None).await else {
+            continue;
+        };
+        if c.generation <= st.spec.generation {
+            return None;
+        }
+        match volfile::decode(&c.config) {
+            Ok(r) => return Some(r),
+            Err(e) => {
+                tracing::warn!(brick = l.addr(), error = %e, "brick holds an unreadable volume description");
+                continue;
+            }
+        }
+    }
+    None
+}
+
 /// One object of a volume.
 pub struct Object {
-    root: Arc<dyn Translator>,
-    sets: Vec<Arc<Replicate>>,
+    /// The client's state: each call goes through the newest stack.
+    shared: Arc<Shared>,
     fid: Fid,
     /// The size as last seen or grown (`u64::MAX`: not read yet).
     known_size: Arc<AtomicU64>,
@@ -246,6 +492,10 @@ impl std::fmt::Debug for Object {
 }
 
 impl Object {
+    fn root(&self) -> Arc<dyn Translator> {
+        self.shared.current().root.clone()
+    }
+
     /// The object's name.
     pub fn fid(&self) -> Fid {
         self.fid
@@ -259,25 +509,25 @@ impl Object {
 
     /// Reads `len` bytes at `offset` (zeros where nothing was written).
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.root.read(self.fid, offset, len).await
+        self.root().read(self.fid, offset, len).await
     }
 
     /// Writes `data` at `offset`; acknowledged once a quorum of each set
     /// involved has it and the bricks that missed it are marked.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.root.write(self.fid, offset, data).await?;
+        self.root().write(self.fid, offset, data).await?;
         self.grow_to(offset + data.len() as u64).await
     }
 
     async fn grow_to(&self, end: u64) -> Result<()> {
         let mut known = self.known_size.load(Ordering::Acquire);
         if known == u64::MAX {
-            known = self.root.size(self.fid).await?;
+            known = self.root().size(self.fid).await?;
             self.known_size.fetch_min(known, Ordering::AcqRel);
             known = self.known_size.load(Ordering::Acquire);
         }
         if end > known {
-            self.root.grow(self.fid, end).await?;
+            self.root().grow(self.fid, end).await?;
             self.known_size.fetch_max(end, Ordering::AcqRel);
         }
         Ok(())
@@ -285,23 +535,23 @@ impl Object {
 
     /// Deallocates `[offset, offset + len)`.
     pub async fn punch(&self, offset: u64, len: u64) -> Result<()> {
-        self.root.punch(self.fid, offset, len).await
+        self.root().punch(self.fid, offset, len).await
     }
 
     /// Zeroes `[offset, offset + len)` (and grows the size to its end).
     pub async fn zero(&self, offset: u64, len: u64) -> Result<()> {
-        self.root.zero(self.fid, offset, len).await?;
+        self.root().zero(self.fid, offset, len).await?;
         self.grow_to(offset + len).await
     }
 
     /// Makes everything acknowledged so far durable on the bricks.
     pub async fn flush(&self) -> Result<()> {
-        self.root.flush(self.fid).await
+        self.root().flush(self.fid).await
     }
 
     /// The object's size: the end of the furthest write or zero.
     pub async fn size(&self) -> Result<u64> {
-        let s = self.root.size(self.fid).await?;
+        let s = self.root().size(self.fid).await?;
         self.known_size.store(s, Ordering::Release);
         Ok(s)
     }
@@ -310,7 +560,7 @@ impl Object {
     pub async fn close(mut self) -> Result<()> {
         if let Some(r) = self.lease.take() {
             r.abort();
-            self.root.lease(self.fid, LeaseAction::Release).await?;
+            self.root().lease(self.fid, LeaseAction::Release).await?;
         }
         Ok(())
     }
@@ -322,7 +572,6 @@ impl Object {
         if let Some(r) = self.lease.take() {
             r.abort();
         }
-        let _ = &self.sets;
     }
 }
 
@@ -332,7 +581,7 @@ impl Drop for Object {
             r.abort();
             // Release in the background if a runtime is still there.
             if let Ok(h) = tokio::runtime::Handle::try_current() {
-                let root = self.root.clone();
+                let root = self.root();
                 let fid = self.fid;
                 h.spawn(async move {
                     let _ = root.lease(fid, LeaseAction::Release).await;

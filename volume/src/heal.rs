@@ -211,7 +211,8 @@ async fn heal_set(
     progress: &mut dyn FnMut(&HealProgress),
     report: &mut HealReport,
 ) -> Result<()> {
-    let set: &Arc<Replicate> = &client.sets()[s];
+    let sets = client.sets();
+    let set: &Arc<Replicate> = &sets[s];
     let links = set.links();
     let volume = client.spec().id;
     let name = client.spec().name.clone();

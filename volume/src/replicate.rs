@@ -171,6 +171,49 @@ impl Replicate {
         })
     }
 
+    /// The same set under a newer volume description (`spec`, `links` in
+    /// its set order): options such as the quorum come from `spec`, and what
+    /// this client holds carries over, matched by brick address — its
+    /// leases (a brick new to the set has no epoch yet and is asked to join
+    /// the lease on the next change, as a brick that restarts is), the
+    /// regions marked active under them, and the pending marks it knows.
+    pub fn succeed(&self, spec: &VolumeSpec, links: Vec<Arc<BrickLink>>) -> Result<Replicate> {
+        let next = Replicate::new(spec, links, self.owner)?;
+        // Old index -> new index, for bricks in both.
+        let map: Vec<Option<usize>> = self
+            .links
+            .iter()
+            .map(|o| next.links.iter().position(|n| n.addr() == o.addr()))
+            .collect();
+        {
+            let old = self.st();
+            let mut st = next.st();
+            for (fid, h) in &old.leases {
+                let mut epochs = vec![0; next.links.len()];
+                for (i, e) in h.epochs.iter().enumerate() {
+                    if let Some(j) = map[i] {
+                        epochs[j] = *e;
+                    }
+                }
+                st.leases.insert(
+                    *fid,
+                    Held {
+                        epochs,
+                        duration_ms: h.duration_ms,
+                        lost: h.lost.clone(),
+                        active: h.active.clone(),
+                    },
+                );
+            }
+            st.stale = old
+                .stale
+                .iter()
+                .filter_map(|&(o, r, b)| map[b as usize].map(|j| (o, r, j as u32)))
+                .collect();
+        }
+        Ok(next)
+    }
+
     /// The set's bricks.
     pub fn links(&self) -> &[Arc<BrickLink>] {
         &self.links
