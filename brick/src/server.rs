@@ -12,20 +12,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use iobuf::IoBuf;
 use storage::chunkmeta::RvmChunkMeta;
 use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
 use storage::rvm::{map::PMap, CommitMode, Rvm};
 use transport::wire::{
     BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig, ListChunksReq,
-    ObjectId, PutVolConfig, ReadReply, StatReply, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
-    MAX_CHUNK_ENTRIES,
+    ObjectId, PutVolConfig, ReadBlocksReply, ReadReply, StatReply, VerifyReq, VolConfig,
+    WriteReply, CHUNKS_MORE, FLAG_FUA, MAX_CHUNK_ENTRIES,
 };
 use transport::{
     BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
     TcpClient,
 };
 
+use crate::integrity::Integrity;
 use crate::layout::{self, BrickDir, BrickInfo};
 use crate::lease::Leases;
 use crate::marks::Marks;
@@ -51,6 +51,9 @@ pub struct Brick {
     volconfig: PMap,
     leases: Leases,
     marks: Marks,
+    /// Per-block CRC tables beside the data, and the locks that keep them
+    /// in step with it.
+    integrity: Integrity,
     counters: Counters,
 }
 
@@ -81,13 +84,17 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Response {
     })
 }
 
-fn store_err(e: &StoreError) -> Response {
+fn store_reply(e: &StoreError) -> ErrorReply {
     let code = match e {
         StoreError::NoSpace { .. } => ErrorCode::NoSpace,
         StoreError::Invalid { .. } => ErrorCode::Invalid,
         _ => ErrorCode::Io,
     };
-    err(code, e.to_string())
+    ErrorReply::new(code, e.to_string())
+}
+
+fn store_err(e: &StoreError) -> Response {
+    Response::Error(store_reply(e))
 }
 
 impl Brick {
@@ -118,9 +125,15 @@ impl Brick {
                     source,
                 }
             })?;
+        let integrity = Integrity::open(dir).map_err(|source| BrickError::Io {
+            what: "open the crc tables",
+            path: dir.join("crc"),
+            source,
+        })?;
         Ok(Brick {
             info,
             dir: bdir,
+            integrity,
             rvm,
             store,
             meta,
@@ -155,22 +168,23 @@ impl Brick {
                 path: self.dir.root().to_path_buf(),
                 source,
             })?;
+        self.integrity.flush().map_err(|source| BrickError::Io {
+            what: "sync the crc tables",
+            path: self.dir.root().join("crc"),
+            source,
+        })?;
         self.rvm.flush().map_err(rvm_err)?;
         self.rvm.truncate().map_err(rvm_err)
     }
 
-    fn take_buf(&self, len: usize) -> IoBuf {
-        let pool = self.store.pool();
-        let mut buf = if len <= pool.buf_size() {
-            pool.try_take().unwrap_or_else(|| IoBuf::alloc(len))
-        } else {
-            IoBuf::alloc(len)
-        };
-        buf.set_len(len);
-        buf
-    }
-
-    async fn read(&self, r: transport::wire::ReadReq, payload: &mut ServerPayload) -> Response {
+    /// `Read` and `ReadBlocks`: the data, checked at rest against the
+    /// chunk's CRC table; `ReadBlocks` also gets the CRC of each grid piece.
+    async fn read(
+        &self,
+        r: transport::wire::ReadReq,
+        payload: &mut ServerPayload,
+        blocks: bool,
+    ) -> Response {
         if r.len > MAX_IO {
             return err(ErrorCode::TooLarge, format!("read of {} bytes", r.len));
         }
@@ -184,11 +198,15 @@ impl Brick {
                 ),
             );
         }
-        let buf = self.take_buf(r.len as usize);
-        let (res, buf) = self.store.read(chunk_of(&r.object), r.offset, buf).await;
-        if let Err(e) = res {
-            return store_err(&e);
-        }
+        let chunk = chunk_of(&r.object);
+        let (buf, crcs) = match self
+            .integrity
+            .read(&self.store, chunk, r.offset, r.len as u64)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return Response::Error(e),
+        };
         let len = buf.len() as u32;
         if let Err(e) = payload.push_from(buf).await {
             return err(ErrorCode::Internal, e.to_string());
@@ -197,15 +215,29 @@ impl Brick {
         self.counters
             .read_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        // The transport fills in where the data went; the checksum of the
-        // data is the volume layer's (0: not computed here).
-        Response::Read(ReadReply {
-            data: DataRef::None,
-            crc32c: 0,
-        })
+        // The transport fills in where the data went.
+        if blocks {
+            Response::ReadBlocks(ReadBlocksReply {
+                data: DataRef::None,
+                crcs,
+            })
+        } else {
+            // A plain read's whole-data CRC is not computed (0).
+            Response::Read(ReadReply {
+                data: DataRef::None,
+                crc32c: 0,
+            })
+        }
     }
 
-    async fn write(&self, w: transport::wire::WriteReq, payload: &mut ServerPayload) -> Response {
+    /// `Write` and `WriteBlocks` (`piece_crcs`: the writer's CRC per grid
+    /// piece, checked before anything touches the disk).
+    async fn write(
+        &self,
+        w: transport::wire::WriteReq,
+        piece_crcs: Option<Vec<u32>>,
+        payload: &mut ServerPayload,
+    ) -> Response {
         let buf = match payload.data().await {
             Ok(buf) => buf,
             Err(e) => return err(ErrorCode::Invalid, e.to_string()),
@@ -216,20 +248,70 @@ impl Brick {
             return err(code, msg);
         }
         let len = buf.len() as u32;
-        let (res, _buf) = self.store.write(chunk_of(&w.object), w.offset, buf).await;
-        if let Err(e) = res {
-            return store_err(&e);
+        if let Err(e) = self
+            .integrity
+            .write(
+                &self.store,
+                chunk_of(&w.object),
+                w.offset,
+                buf,
+                piece_crcs.as_deref(),
+            )
+            .await
+        {
+            return Response::Error(e);
         }
         if w.flags & FLAG_FUA != 0 {
-            if let Err(e) = self.store.flush().await {
-                return store_err(&e);
+            if let Err(e) = self.flush_all().await {
+                return Response::Error(e);
             }
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .written_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        Response::Write(WriteReply { written: len })
+        let reply = WriteReply { written: len };
+        if piece_crcs.is_some() {
+            Response::WriteBlocks(reply)
+        } else {
+            Response::Write(reply)
+        }
+    }
+
+    /// The store's flush, then the CRC tables' (data before its CRCs).
+    async fn flush_all(&self) -> Result<(), ErrorReply> {
+        self.store.flush().await.map_err(|e| store_reply(&e))?;
+        self.integrity
+            .flush()
+            .map_err(|e| ErrorReply::new(ErrorCode::Io, format!("syncing crc tables: {e}")))
+    }
+
+    /// `Punch` or `Zero` (`zero`), keeping the CRC table in step.
+    async fn range(&self, r: &transport::wire::RangeReq, zero: bool) -> Response {
+        match self
+            .integrity
+            .range(&self.store, chunk_of(&r.object), r.offset, r.len, zero)
+            .await
+        {
+            Ok(()) if zero => Response::Zero,
+            Ok(()) => Response::Punch,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    /// `Verify`: scrub a range at rest.
+    async fn verify(&self, v: &VerifyReq) -> Response {
+        if v.len > MAX_IO {
+            return err(ErrorCode::TooLarge, format!("verify of {} bytes", v.len));
+        }
+        match self
+            .integrity
+            .verify(&self.store, chunk_of(&v.object), v.offset, v.len as u64)
+            .await
+        {
+            Ok(r) => Response::Verify(r),
+            Err(e) => Response::Error(e),
+        }
     }
 
     fn stat(&self, object: &ObjectId) -> Response {
@@ -355,6 +437,7 @@ impl Brick {
             capacity_bytes: capacity,
             free_bytes: free,
             latency: c.latency(),
+            corrupt_blocks: self.integrity.corrupt.load(Ordering::Relaxed),
         })
     }
 
@@ -373,28 +456,28 @@ impl Brick {
         }
         match req {
             Request::Ping(p) => Response::Pong(p),
-            Request::Read(r) => self.read(r, payload).await,
-            Request::Write(w) => self.write(w, payload).await,
-            Request::Punch(r) => match self.store.punch(chunk_of(&r.object), r.offset, r.len).await
-            {
-                Ok(()) => Response::Punch,
-                Err(e) => store_err(&e),
-            },
-            Request::Zero(r) => match self.store.zero(chunk_of(&r.object), r.offset, r.len).await {
-                Ok(()) => Response::Zero,
-                Err(e) => store_err(&e),
-            },
+            Request::Read(r) => self.read(r, payload, false).await,
+            Request::ReadBlocks(r) => self.read(r, payload, true).await,
+            Request::Write(w) => self.write(w, None, payload).await,
+            Request::WriteBlocks(w) => self.write(w.write, Some(w.crcs), payload).await,
+            Request::Verify(v) => self.verify(&v).await,
+            Request::Punch(r) => self.range(&r, false).await,
+            Request::Zero(r) => self.range(&r, true).await,
             Request::Flush(_) => {
                 self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-                match self.store.flush().await {
+                match self.flush_all().await {
                     Ok(()) => Response::Flush,
-                    Err(e) => store_err(&e),
+                    Err(e) => Response::Error(e),
                 }
             }
             Request::Stat(o) => self.stat(&o.object),
-            Request::Remove(r) => match self.store.remove(chunk_of(&r.object)).await {
+            Request::Remove(r) => match self
+                .integrity
+                .remove(&self.store, chunk_of(&r.object))
+                .await
+            {
                 Ok(()) => Response::Remove,
-                Err(e) => store_err(&e),
+                Err(e) => Response::Error(e),
             },
             Request::GetVolConfig(g) => self.get_volconfig(&g),
             Request::PutVolConfig(p) => self.put_volconfig(p),

@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(block_count(0, 4097), 2);
         assert_eq!(block_count(4095, 2), 2);
         assert_eq!(block_count(7, 0), 0);
-        assert_eq!(block_count(0, MAX_DATA as u64 - 0) + 1, MAX_BLOCK_CRCS);
+        assert_eq!(block_count(0, MAX_DATA as u64) + 1, MAX_BLOCK_CRCS);
         assert_eq!(block_count(1, MAX_DATA as u64), MAX_BLOCK_CRCS);
     }
 

@@ -752,6 +752,9 @@ pub enum Request {
 }
 
 /// A reply, server to client. `Error` may answer any request.
+// `BrickStats` (272 bytes) is the large one; it is rare and short-lived, so
+// boxing it would cost every user a change for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Reply to `Hello`.
