@@ -25,6 +25,7 @@ pub mod link;
 pub mod manage;
 pub mod records;
 pub mod replicate;
+pub mod scrub;
 pub mod spec;
 pub mod volfile;
 pub mod xlator;
