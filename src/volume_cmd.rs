@@ -531,6 +531,24 @@ fn format_status(st: &VolumeStatus, detail: bool) -> String {
 /// `volume scrub NAME status`: the last run's counts, as the bricks keep
 /// them.
 async fn scrub_status(spec: &VolumeSpec, secret: Secret) -> Result<()> {
-    let _ = (spec, secret);
-    bail!("scrub status is not available yet")
+    let name = spec.name.clone();
+    match volume::scrub::scrub_status(spec, secret).await? {
+        None => println!("volume scrub status: {name}: never scrubbed"),
+        Some(c) => {
+            println!(
+                "volume scrub status: {name}: last run started {} finished {} (Unix seconds)",
+                c.started, c.finished
+            );
+            let r = volume::scrub::ScrubReport {
+                chunks: c.chunks,
+                bytes: c.bytes,
+                corrupt: c.corrupt,
+                repaired: c.repaired,
+                unrepairable: c.unrepairable,
+                ..Default::default()
+            };
+            print!("{}", format_scrub(&r));
+        }
+    }
+    Ok(())
 }

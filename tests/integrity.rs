@@ -113,6 +113,8 @@ fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
         ],
     ));
     ok(pool.volume(0, &["start", "v"]));
+    let never = ok(pool.volume(0, &["scrub", "v", "status"]));
+    assert!(never.contains("never scrubbed"), "{never}");
     let secret = Secret::load(&pool.secret).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     const LEN: usize = 1 << 20;
@@ -196,7 +198,12 @@ fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
             b.close().await;
         }
     });
+    let status = ok(pool.volume(1, &["scrub", "v", "status"]));
+    assert!(status.contains("repaired: 2\n"), "{status}");
     // Nothing left to find.
     let again = ok(pool.volume(0, &["scrub", "v"]));
     assert!(again.contains("corrupt blocks: 0\n"), "{again}");
+    let status = ok(pool.volume(2, &["scrub", "v", "status"]));
+    assert!(status.contains("corrupt blocks: 0\n"), "{status}");
+    assert!(status.contains("chunks checked: "), "{status}");
 }

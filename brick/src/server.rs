@@ -17,8 +17,9 @@ use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
 use storage::rvm::{map::PMap, CommitMode, Rvm};
 use transport::wire::{
     BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig, ListChunksReq,
-    ObjectId, PutVolConfig, ReadBlocksReply, ReadReply, StatReply, VerifyReq, VolConfig,
-    WriteReply, CHUNKS_MORE, FLAG_FUA, MAX_CHUNK_ENTRIES,
+    ObjectId, PutVolConfig, ReadBlocksReply, ReadReply, ScrubCounts, ScrubStatusReply,
+    ScrubStatusReq, StatReply, VerifyReq, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
+    MAX_CHUNK_ENTRIES, SCRUB_FOUND, SCRUB_PUT,
 };
 use transport::{
     BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
@@ -36,6 +37,11 @@ use crate::BrickError;
 /// opaque volfile bytes).
 pub const VOLCONFIG_ROOT: u32 = 2;
 
+/// RVM root slot of the last-scrub map (volume id u32 LE → the 56-byte
+/// `ScrubCounts` of the volume's last scrub run, as `wire::ScrubCounts`
+/// draws it).
+pub const SCRUB_ROOT: u32 = 8;
+
 /// Largest single read or write a request may ask for (the transport's data
 /// limit).
 pub const MAX_IO: u32 = transport::wire::MAX_DATA;
@@ -49,6 +55,8 @@ pub struct Brick {
     /// The store's chunk metadata, also read directly to list chunks.
     meta: Arc<RvmChunkMeta>,
     volconfig: PMap,
+    /// Last scrub counts per volume (`SCRUB_ROOT`).
+    scrubs: PMap,
     leases: Leases,
     marks: Marks,
     /// Per-block CRC tables beside the data, and the locks that keep them
@@ -116,6 +124,7 @@ impl Brick {
         };
         let meta = Arc::new(RvmChunkMeta::open(rvm.clone()).map_err(rvm_err)?);
         let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
+        let scrubs = PMap::open_or_create(&rvm, SCRUB_ROOT).map_err(rvm_err)?;
         let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
         let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
         let store =
@@ -138,6 +147,7 @@ impl Brick {
             store,
             meta,
             volconfig,
+            scrubs,
             leases,
             marks,
             counters: Counters::default(),
@@ -423,6 +433,38 @@ impl Brick {
         }
     }
 
+    /// `ScrubStatus`: the volume's last scrub counts, or store new ones.
+    fn scrub_status(&self, q: &ScrubStatusReq) -> Response {
+        let key = q.volume.to_le_bytes();
+        if q.op == SCRUB_PUT {
+            let mut tx = self.rvm.begin();
+            if let Err(e) = self.scrubs.insert(&mut tx, &key, &q.counts.to_bytes()) {
+                return err(ErrorCode::Io, e.to_string());
+            }
+            if let Err(e) = tx.commit(CommitMode::Flush) {
+                return err(ErrorCode::Io, e.to_string());
+            }
+            return Response::ScrubStatus(ScrubStatusReply {
+                flags: SCRUB_FOUND,
+                counts: q.counts,
+            });
+        }
+        match self.scrubs.get(&*self.rvm, &key) {
+            Err(e) => err(ErrorCode::Io, e.to_string()),
+            Ok(None) => Response::ScrubStatus(ScrubStatusReply {
+                flags: 0,
+                counts: ScrubCounts::default(),
+            }),
+            Ok(Some(rec)) => match ScrubCounts::from_bytes(&rec) {
+                Some(counts) => Response::ScrubStatus(ScrubStatusReply {
+                    flags: SCRUB_FOUND,
+                    counts,
+                }),
+                None => err(ErrorCode::Internal, "scrub record has the wrong length"),
+            },
+        }
+    }
+
     fn brick_stats(&self) -> Response {
         let c = &self.counters;
         let (capacity, free) = disk_space(self.dir.root());
@@ -461,6 +503,7 @@ impl Brick {
             Request::Write(w) => self.write(w, None, payload).await,
             Request::WriteBlocks(w) => self.write(w.write, Some(w.crcs), payload).await,
             Request::Verify(v) => self.verify(&v).await,
+            Request::ScrubStatus(q) => self.scrub_status(&q),
             Request::Punch(r) => self.range(&r, false).await,
             Request::Zero(r) => self.range(&r, true).await,
             Request::Flush(_) => {

@@ -171,7 +171,8 @@ impl Handler for MemStore {
                 | Request::ListChunks(_)
                 | Request::WriteBlocks(_)
                 | Request::ReadBlocks(_)
-                | Request::Verify(_) => {
+                | Request::Verify(_)
+                | Request::ScrubStatus(_) => {
                     Response::error(ErrorCode::Unsupported, "not served by the test store")
                 }
             }

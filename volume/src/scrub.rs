@@ -19,7 +19,10 @@
 
 use std::collections::BTreeMap;
 
-use transport::wire::{ObjectId, Request, Response, VerifyReq, CRC_BLOCK};
+use transport::wire::{
+    ObjectId, Request, Response, ScrubCounts, ScrubStatusReq, VerifyReq, CRC_BLOCK, SCRUB_FOUND,
+    SCRUB_GET, SCRUB_PUT,
+};
 use transport::{Payload, Secret};
 
 use crate::client::Client;
@@ -49,6 +52,31 @@ pub struct ScrubReport {
     pub unrepairable: u64,
     /// Bricks that were down or could not list their chunks (not checked).
     pub bricks_skipped: Vec<String>,
+    /// When the run started and finished (Unix seconds).
+    pub started: u64,
+    pub finished: u64,
+}
+
+impl ScrubReport {
+    /// The counts the bricks keep for `scrub status`.
+    pub fn counts(&self) -> ScrubCounts {
+        ScrubCounts {
+            started: self.started,
+            finished: self.finished,
+            chunks: self.chunks,
+            bytes: self.bytes,
+            corrupt: self.corrupt,
+            repaired: self.repaired,
+            unrepairable: self.unrepairable,
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Progress, after each chunk copy.
@@ -69,7 +97,10 @@ pub async fn scrub_with(
     mut progress: impl FnMut(&ScrubProgress),
 ) -> Result<ScrubReport> {
     let volume = client.spec().id;
-    let mut report = ScrubReport::default();
+    let mut report = ScrubReport {
+        started: now_secs(),
+        ..ScrubReport::default()
+    };
     for set in client.sets() {
         for (i, link) in set.links().iter().enumerate() {
             if !link.is_up() {
@@ -101,7 +132,67 @@ pub async fn scrub_with(
             }
         }
     }
+    report.finished = now_secs();
+    // Every brick that is up keeps the counts for `scrub status`.
+    let counts = report.counts();
+    for set in client.sets() {
+        let up: Vec<usize> = (0..set.links().len())
+            .filter(|&i| set.links()[i].is_up())
+            .collect();
+        set.fan_out(&up, |_| {
+            (
+                Request::ScrubStatus(ScrubStatusReq {
+                    volume,
+                    op: SCRUB_PUT,
+                    counts,
+                }),
+                Payload::None,
+            )
+        })
+        .await;
+    }
     Ok(report)
+}
+
+/// The newest scrub counts any reachable brick of the volume keeps
+/// (`None`: never scrubbed).
+pub async fn scrub_status_with(client: &Client) -> Option<ScrubCounts> {
+    let volume = client.spec().id;
+    let mut best: Option<ScrubCounts> = None;
+    for set in client.sets() {
+        let up: Vec<usize> = (0..set.links().len())
+            .filter(|&i| set.links()[i].is_up())
+            .collect();
+        let answers = set
+            .fan_out(&up, |_| {
+                (
+                    Request::ScrubStatus(ScrubStatusReq {
+                        volume,
+                        op: SCRUB_GET,
+                        counts: ScrubCounts::default(),
+                    }),
+                    Payload::None,
+                )
+            })
+            .await;
+        for (_, a) in answers {
+            if let Ok((Response::ScrubStatus(r), _)) = a {
+                if r.flags & SCRUB_FOUND != 0 && best.is_none_or(|b| r.counts.finished > b.finished)
+                {
+                    best = Some(r.counts);
+                }
+            }
+        }
+    }
+    best
+}
+
+/// `stretto volume scrub NAME status`.
+pub async fn scrub_status(spec: &VolumeSpec, secret: Secret) -> Result<Option<ScrubCounts>> {
+    let client = connect(spec, secret).await?;
+    let r = scrub_status_with(&client).await;
+    client.close().await;
+    Ok(r)
 }
 
 async fn verify_chunk(

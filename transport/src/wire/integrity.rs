@@ -331,6 +331,175 @@ impl VerifyReply {
     }
 }
 
+/// The counts of one scrub run, as bricks keep them for `scrub status`.
+///
+/// ```text
+///  0         8          16       24      32        40         48             56
+///  +---------+----------+--------+-------+---------+----------+--------------+
+///  | started | finished | chunks | bytes | corrupt | repaired | unrepairable |
+///  |   u64   |   u64    |  u64   |  u64  |   u64   |   u64    |     u64      |
+///  +---------+----------+--------+-------+---------+----------+--------------+
+/// ```
+/// `started`, `finished`: Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScrubCounts {
+    pub started: u64,
+    pub finished: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub corrupt: u64,
+    pub repaired: u64,
+    pub unrepairable: u64,
+}
+/// Encoded size of [`ScrubCounts`].
+pub const SCRUB_COUNTS_LEN: usize = 56;
+
+impl ScrubCounts {
+    fn fields(&self) -> [u64; 7] {
+        [
+            self.started,
+            self.finished,
+            self.chunks,
+            self.bytes,
+            self.corrupt,
+            self.repaired,
+            self.unrepairable,
+        ]
+    }
+
+    /// The counts as stored (also the brick's RVM record).
+    pub fn to_bytes(&self) -> [u8; SCRUB_COUNTS_LEN] {
+        let mut b = [0u8; SCRUB_COUNTS_LEN];
+        for (i, v) in self.fields().iter().enumerate() {
+            put_u64(&mut b, 8 * i, *v);
+        }
+        b
+    }
+
+    /// Parses [`ScrubCounts::to_bytes`]; `None` if `b` is not 56 bytes.
+    pub fn from_bytes(b: &[u8]) -> Option<ScrubCounts> {
+        if b.len() != SCRUB_COUNTS_LEN {
+            return None;
+        }
+        let f = |i: usize| get_u64(b, 8 * i);
+        Some(ScrubCounts {
+            started: f(0),
+            finished: f(1),
+            chunks: f(2),
+            bytes: f(3),
+            corrupt: f(4),
+            repaired: f(5),
+            unrepairable: f(6),
+        })
+    }
+}
+
+/// `ScrubStatus` op: read the volume's last scrub counts.
+pub const SCRUB_GET: u32 = 1;
+/// `ScrubStatus` op: store them (a scrub run just finished).
+pub const SCRUB_PUT: u32 = 2;
+
+/// `ScrubStatus` request (0x46): get or put the last scrub run's counts of
+/// a volume, kept by every brick of it.
+///
+/// ```text
+///  0        4      8                         64
+///  +--------+------+-------------------------+
+///  | volume |  op  | counts (ScrubCounts)    |
+///  |  u32   | u32  | 56 bytes; 0s for a get  |
+///  +--------+------+-------------------------+
+/// ```
+/// `op` is [`SCRUB_GET`] or [`SCRUB_PUT`] (others: body error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubStatusReq {
+    pub volume: u32,
+    pub op: u32,
+    pub counts: ScrubCounts,
+}
+const SQ_VOLUME: usize = 0;
+const SQ_OP: usize = 4;
+const SQ_COUNTS: usize = 8;
+const SQ_SIZE: usize = SQ_COUNTS + SCRUB_COUNTS_LEN;
+
+/// `ScrubStatus` reply flag: the brick has counts for the volume.
+pub const SCRUB_FOUND: u32 = 1 << 0;
+
+/// `ScrubStatus` reply: the counts now stored.
+///
+/// ```text
+///  0       4          8                       64
+///  +-------+----------+-----------------------+
+///  | flags | reserved | counts (ScrubCounts)  |
+///  |  u32  |  u32=0   | 56 bytes              |
+///  +-------+----------+-----------------------+
+/// ```
+/// `flags` bit 0 [`SCRUB_FOUND`]: without it there was never a scrub (counts 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubStatusReply {
+    pub flags: u32,
+    pub counts: ScrubCounts,
+}
+const SS_FLAGS: usize = 0;
+const SS_RESERVED: usize = 4;
+const SS_COUNTS: usize = 8;
+const SS_SIZE: usize = SS_COUNTS + SCRUB_COUNTS_LEN;
+
+impl ScrubStatusReq {
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        let mut b = [0u8; SQ_SIZE];
+        put_u32(&mut b, SQ_VOLUME, self.volume);
+        put_u32(&mut b, SQ_OP, self.op);
+        b[SQ_COUNTS..].copy_from_slice(&self.counts.to_bytes());
+        out.extend_from_slice(&b);
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Result<ScrubStatusReq, BodyError> {
+        let op = Opcode::ScrubStatus;
+        expect_len(op, b, SQ_SIZE)?;
+        let sop = get_u32(b, SQ_OP);
+        if sop != SCRUB_GET && sop != SCRUB_PUT {
+            return Err(BodyError::UnknownFlags {
+                opcode: op,
+                field: "op",
+                bits: sop,
+            });
+        }
+        Ok(ScrubStatusReq {
+            volume: get_u32(b, SQ_VOLUME),
+            op: sop,
+            counts: ScrubCounts::from_bytes(&b[SQ_COUNTS..]).unwrap_or_default(),
+        })
+    }
+}
+
+impl ScrubStatusReply {
+    pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        let mut b = [0u8; SS_SIZE];
+        put_u32(&mut b, SS_FLAGS, self.flags);
+        put_u32(&mut b, SS_RESERVED, 0);
+        b[SS_COUNTS..].copy_from_slice(&self.counts.to_bytes());
+        out.extend_from_slice(&b);
+    }
+
+    pub(super) fn decode(b: &[u8]) -> Result<ScrubStatusReply, BodyError> {
+        let op = Opcode::ScrubStatus;
+        expect_len(op, b, SS_SIZE)?;
+        expect_zero32(op, b, SS_RESERVED, "reserved")?;
+        let flags = get_u32(b, SS_FLAGS);
+        if flags & !SCRUB_FOUND != 0 {
+            return Err(BodyError::UnknownFlags {
+                opcode: op,
+                field: "flags",
+                bits: flags & !SCRUB_FOUND,
+            });
+        }
+        Ok(ScrubStatusReply {
+            flags,
+            counts: ScrubCounts::from_bytes(&b[SS_COUNTS..]).unwrap_or_default(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

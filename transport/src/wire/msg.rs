@@ -12,7 +12,9 @@
 
 use super::chunks::{ChunkList, ListChunksReq};
 use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
-use super::integrity::{ReadBlocksReply, VerifyReply, VerifyReq, WriteBlocksReq};
+use super::integrity::{
+    ReadBlocksReply, ScrubStatusReply, ScrubStatusReq, VerifyReply, VerifyReq, WriteBlocksReq,
+};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
 
@@ -47,6 +49,8 @@ pub enum Opcode {
     ReadBlocks = 0x44,
     /// Check a chunk range at rest against its stored CRCs (scrub).
     Verify = 0x45,
+    /// The last scrub run's counts of a volume (get / put).
+    ScrubStatus = 0x46,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -75,6 +79,7 @@ impl Opcode {
             0x43 => WriteBlocks,
             0x44 => ReadBlocks,
             0x45 => Verify,
+            0x46 => ScrubStatus,
             0x7f => Error,
             _ => return None,
         })
@@ -749,6 +754,7 @@ pub enum Request {
     WriteBlocks(WriteBlocksReq),
     ReadBlocks(ReadReq),
     Verify(VerifyReq),
+    ScrubStatus(ScrubStatusReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
@@ -782,6 +788,7 @@ pub enum Response {
     WriteBlocks(WriteReply),
     ReadBlocks(ReadBlocksReply),
     Verify(VerifyReply),
+    ScrubStatus(ScrubStatusReply),
     Error(ErrorReply),
 }
 
@@ -955,6 +962,7 @@ impl Request {
             Request::WriteBlocks(_) => Opcode::WriteBlocks,
             Request::ReadBlocks(_) => Opcode::ReadBlocks,
             Request::Verify(_) => Opcode::Verify,
+            Request::ScrubStatus(_) => Opcode::ScrubStatus,
         }
     }
 
@@ -993,6 +1001,7 @@ impl Request {
             Request::Write(w) => encode_write(w, out),
             Request::WriteBlocks(w) => w.encode(out),
             Request::Verify(v) => v.encode(out),
+            Request::ScrubStatus(q) => q.encode(out),
             Request::Punch(r) | Request::Zero(r) => encode_range(r, out),
             Request::Flush(o) | Request::Stat(o) => encode_object(&o.object, out),
             Request::Remove(r) => {
@@ -1057,6 +1066,7 @@ impl Request {
             }
             Opcode::WriteBlocks => Request::WriteBlocks(WriteBlocksReq::decode(b)?),
             Opcode::Verify => Request::Verify(VerifyReq::decode(b)?),
+            Opcode::ScrubStatus => Request::ScrubStatus(ScrubStatusReq::decode(b)?),
             Opcode::Punch => Request::Punch(decode_range(op, b)?),
             Opcode::Zero => Request::Zero(decode_range(op, b)?),
             Opcode::Flush => Request::Flush(decode_object(op, b)?),
@@ -1131,6 +1141,7 @@ impl Response {
             Response::WriteBlocks(_) => Opcode::WriteBlocks,
             Response::ReadBlocks(_) => Opcode::ReadBlocks,
             Response::Verify(_) => Opcode::Verify,
+            Response::ScrubStatus(_) => Opcode::ScrubStatus,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1220,6 +1231,7 @@ impl Response {
             Response::ListChunks(l) => l.encode(out),
             Response::ReadBlocks(r) => r.encode(out),
             Response::Verify(v) => v.encode(out),
+            Response::ScrubStatus(r) => r.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1283,6 +1295,7 @@ impl Response {
             }
             Opcode::ReadBlocks => Response::ReadBlocks(ReadBlocksReply::decode(b)?),
             Opcode::Verify => Response::Verify(VerifyReply::decode(b)?),
+            Opcode::ScrubStatus => Response::ScrubStatus(ScrubStatusReply::decode(b)?),
             Opcode::Punch | Opcode::Zero | Opcode::Flush | Opcode::Remove => {
                 expect_len(op, b, 0)?;
                 match op {

@@ -425,7 +425,22 @@ fn request() -> impl Strategy<Value = Request> {
                 len
             }
         )),
+        (any::<u32>(), SCRUB_GET..=SCRUB_PUT, scrub_counts()).prop_map(|(volume, op, counts)| {
+            Request::ScrubStatus(ScrubStatusReq { volume, op, counts })
+        }),
     ]
+}
+
+fn scrub_counts() -> impl Strategy<Value = ScrubCounts> {
+    any::<[u64; 7]>().prop_map(|f| ScrubCounts {
+        started: f[0],
+        finished: f[1],
+        chunks: f[2],
+        bytes: f[3],
+        corrupt: f[4],
+        repaired: f[5],
+        unrepairable: f[6],
+    })
 }
 
 /// A `WriteBlocks` whose CRC table has as many entries as its data has grid
@@ -528,6 +543,8 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::collection::vec(any::<u64>(), 0..300)
         )
             .prop_map(|(checked, bad)| Response::Verify(VerifyReply { checked, bad })),
+        (0..=SCRUB_FOUND, scrub_counts())
+            .prop_map(|(flags, counts)| Response::ScrubStatus(ScrubStatusReply { flags, counts })),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
@@ -891,4 +908,42 @@ fn brick_stats_of_an_older_brick_still_decode() {
         panic!("a 264-byte reply must decode");
     };
     assert_eq!((old.requests, old.corrupt_blocks), (5, 0));
+}
+
+#[test]
+fn scrub_status_fixture() {
+    let counts = ScrubCounts {
+        started: 1,
+        finished: 2,
+        chunks: 3,
+        bytes: 4,
+        corrupt: 5,
+        repaired: 6,
+        unrepairable: 7,
+    };
+    let mut want = vec![9, 0, 0, 0, 2, 0, 0, 0]; // volume 9, op PUT
+    for v in 1u8..=7 {
+        want.extend_from_slice(&[v, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    let req = Request::ScrubStatus(ScrubStatusReq {
+        volume: 9,
+        op: SCRUB_PUT,
+        counts,
+    });
+    let mut out = Vec::new();
+    req.encode_body(&mut out);
+    assert_eq!(out, want);
+    assert_eq!(Request::decode(0x46, &want, 0), Ok(req));
+    let mut bad = want.clone();
+    bad[4] = 3;
+    assert!(Request::decode(0x46, &bad, 0).is_err());
+    let mut reply = vec![1, 0, 0, 0, 0, 0, 0, 0]; // FOUND, reserved
+    reply.extend_from_slice(&want[8..]);
+    assert_eq!(
+        Response::decode(0x46, &reply, 0),
+        Ok(Response::ScrubStatus(ScrubStatusReply {
+            flags: SCRUB_FOUND,
+            counts
+        }))
+    );
 }
