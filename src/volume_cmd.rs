@@ -24,11 +24,12 @@ pub struct VolumeArgs {
 
 #[derive(Subcommand, Debug)]
 enum VolumeCmd {
-    /// Create a volume: `create NAME [replica N] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// Create a volume: `create NAME [replica N | stripe S] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// With no type, chunks are distributed over the bricks by hash (no redundancy).
     Create {
         /// The volume's name.
         name: String,
-        /// `[replica N] BRICK...`
+        /// `[replica N | stripe S] BRICK...`
         #[arg(required = true, num_args = 1..)]
         layout: Vec<String>,
         /// Chunk size, e.g. 64M, 1G (a power of two, at least 1M).
@@ -50,7 +51,8 @@ enum VolumeCmd {
     },
     /// List the pool's volumes.
     List,
-    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp.
+    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp,
+    /// stripe-unit SIZE (stripe volumes, before the first start; default 128K).
     Set {
         name: String,
         key: String,
@@ -422,8 +424,17 @@ fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
             Ok((VolumeKind::Replicate { replica }, bricks.to_vec()))
         }
         [kw, ..] if kw == "replica" => bail!("replica needs a count, e.g. `replica 3`"),
-        [kw, ..] if kw == "disperse" || kw == "stripe" => {
-            bail!("{kw} volumes are not available in this build (distribute and replica are)")
+        [kw, n, bricks @ ..] if kw == "stripe" => {
+            let count: u32 = n
+                .parse()
+                .with_context(|| format!("bad stripe count {n:?}: expected a number"))?;
+            Ok((VolumeKind::Stripe { count }, bricks.to_vec()))
+        }
+        [kw, ..] if kw == "stripe" => bail!("stripe needs a count, e.g. `stripe 4`"),
+        [kw, ..] if kw == "disperse" => {
+            bail!(
+                "{kw} volumes are not available in this build (distribute, replica and stripe are)"
+            )
         }
         bricks => Ok((VolumeKind::Distribute, bricks.to_vec())),
     }
@@ -434,6 +445,8 @@ fn type_name(spec: &VolumeSpec) -> &'static str {
         (VolumeKind::Distribute, _) => "Distribute",
         (VolumeKind::Replicate { .. }, false) => "Replicate",
         (VolumeKind::Replicate { .. }, true) => "Distributed-Replicate",
+        (VolumeKind::Stripe { .. }, false) => "Stripe",
+        (VolumeKind::Stripe { .. }, true) => "Distributed-Stripe",
     }
 }
 
@@ -452,13 +465,13 @@ pub fn format_info(spec: &VolumeSpec) -> String {
         VolumeKind::Distribute => {
             let _ = writeln!(s, "Number of Bricks: {n}");
         }
-        VolumeKind::Replicate { replica } => {
-            let _ = writeln!(
-                s,
-                "Number of Bricks: {} x {replica} = {n}",
-                spec.set_count()
-            );
+        VolumeKind::Replicate { replica: k } | VolumeKind::Stripe { count: k } => {
+            let _ = writeln!(s, "Number of Bricks: {} x {k} = {n}", spec.set_count());
         }
+    }
+    if let VolumeKind::Stripe { .. } = spec.kind {
+        let unit = volume::client::stripe_unit(spec).unwrap_or(volume::DEFAULT_STRIPE_UNIT);
+        let _ = writeln!(s, "Stripe Unit: {}", format_size(unit));
     }
     let _ = writeln!(s, "Transport-type: {}", spec.option("transport", "tcp"));
     let _ = writeln!(s, "Bricks:");

@@ -18,7 +18,8 @@ use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
 use crate::replicate::Replicate;
-use crate::spec::VolumeSpec;
+use crate::spec::{VolumeKind, VolumeSpec, DEFAULT_STRIPE_UNIT};
+use crate::stripe::Stripe;
 use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator};
 
 /// Default `ping-timeout`: how long a call waits for a brick before the
@@ -111,19 +112,46 @@ impl Client {
             }
         };
         let mut sets = Vec::new();
-        for s in 0..spec.set_count() {
-            let set_links = links[s * n..(s + 1) * n].to_vec();
-            sets.push(Arc::new(Replicate::new(&spec, set_links, owner)?));
-        }
-        let root: Arc<dyn Translator> = if sets.len() == 1 {
-            sets[0].clone()
-        } else {
-            Arc::new(Distribute::new(
-                spec.chunk_size,
+        let parts: Vec<Arc<dyn Translator>> = match spec.kind {
+            VolumeKind::Stripe { .. } => {
+                // Each column is a set of one brick (its own lease, epochs,
+                // CRC checks); the stripe maps offsets over them.
+                let unit = stripe_unit(&spec)?;
+                let mut column_spec = spec.clone();
+                column_spec.options.remove("quorum-type");
+                column_spec.options.remove("quorum-count");
+                for l in &links {
+                    sets.push(Arc::new(Replicate::new(
+                        &column_spec,
+                        vec![l.clone()],
+                        owner,
+                    )?));
+                }
+                sets.chunks(n)
+                    .map(|cols| {
+                        Arc::new(Stripe::new(
+                            unit,
+                            cols.iter()
+                                .map(|c| c.clone() as Arc<dyn Translator>)
+                                .collect(),
+                        )) as Arc<dyn Translator>
+                    })
+                    .collect()
+            }
+            _ => {
+                for s in 0..spec.set_count() {
+                    let set_links = links[s * n..(s + 1) * n].to_vec();
+                    sets.push(Arc::new(Replicate::new(&spec, set_links, owner)?));
+                }
                 sets.iter()
                     .map(|s| s.clone() as Arc<dyn Translator>)
-                    .collect(),
-            ))
+                    .collect()
+            }
+        };
+        let root: Arc<dyn Translator> = if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            Arc::new(Distribute::new(spec.chunk_size, parts))
         };
         Ok(Client {
             spec,
@@ -143,7 +171,8 @@ impl Client {
         self.root.clone()
     }
 
-    /// The replica sets, in set order.
+    /// The replica sets, in set order (for a stripe volume: one set of one
+    /// brick per column, in brick order).
     pub fn sets(&self) -> &[Arc<Replicate>] {
         &self.sets
     }
@@ -220,6 +249,21 @@ impl Client {
         for l in &self.links {
             l.close().await;
         }
+    }
+}
+
+/// The stripe unit of a stripe volume (option `stripe-unit`, bytes).
+pub fn stripe_unit(spec: &VolumeSpec) -> Result<u64> {
+    let v = spec.option("stripe-unit", "");
+    if v.is_empty() {
+        return Ok(DEFAULT_STRIPE_UNIT);
+    }
+    match crate::manage::parse_size(v) {
+        Some(n) if n.is_power_of_two() && (4096..=spec.chunk_size).contains(&n) => Ok(n),
+        _ => Err(VolumeError::Spec {
+            volume: spec.name.clone(),
+            reason: format!("stripe-unit {v:?} is not a power of two from 4K to the chunk size"),
+        }),
     }
 }
 
