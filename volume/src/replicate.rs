@@ -423,7 +423,9 @@ impl Replicate {
         let oid = fid.chunk(chunk);
         let up = self.up();
         if !self.quorum.met(&up) {
-            return Err(self.no_quorum(op, &up));
+            return Err(self
+                .unavailable(op, fid, chunk, offset, "down".into())
+                .unwrap_or_else(|| self.no_quorum(op, &up)));
         }
         self.join_lease(fid, &up).await;
         let epochs = self.lease_epochs(fid)?;
@@ -501,7 +503,10 @@ impl Replicate {
             self.add_pending(oid, first, count, &good, &missed).await?;
         }
         if !self.quorum.met(&ok) {
-            return Err(self.no_quorum(op, &ok));
+            let reason = "it did not take the change: down, unreachable or refused".to_string();
+            return Err(self
+                .unavailable(op, fid, chunk, offset, reason)
+                .unwrap_or_else(|| self.no_quorum(op, &ok)));
         }
         if !(0..ok.len()).any(|i| ok[i] && clean[i]) {
             return Err(no_good_copy());
@@ -569,6 +574,9 @@ impl Replicate {
         }
         if cands.is_empty() {
             let up = self.up();
+            if let Some(e) = self.unavailable("read", fid, p.chunk, p.offset, "down".into()) {
+                return Err(e);
+            }
             if !up.iter().any(|b| *b) {
                 return Err(VolumeError::NoQuorum {
                     volume: self.volume.clone(),
@@ -614,10 +622,40 @@ impl Replicate {
                     });
                     corrupt.push(i);
                 }
-                BrickRead::Failed(e) => last = Some(e),
+                BrickRead::Failed(e) => {
+                    // A set of one brick has no other copy: say which
+                    // brick and chunk are out of reach.
+                    last = Some(match e {
+                        VolumeError::NoQuorum { .. } | VolumeError::Transport { .. } => self
+                            .unavailable("read", fid, p.chunk, p.offset, e.to_string())
+                            .unwrap_or(e),
+                        e => e,
+                    })
+                }
             }
         }
         Err(last.unwrap_or_else(|| self.no_quorum("read", &self.up())))
+    }
+
+    /// For a set of one brick (distribute, a stripe column): the error that
+    /// names the brick and chunk out of reach. `None` for real replica sets.
+    fn unavailable(
+        &self,
+        op: &'static str,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        reason: String,
+    ) -> Option<VolumeError> {
+        (self.links.len() == 1).then(|| VolumeError::Unavailable {
+            volume: self.volume.clone(),
+            op,
+            brick: self.links[0].addr().to_owned(),
+            fid,
+            chunk,
+            offset,
+            reason,
+        })
     }
 
     async fn write_all(&self, fid: Fid, offset: u64, data: &[u8]) -> Result<()> {
