@@ -48,7 +48,7 @@ pub struct Integrity {
     tables: CrcTables,
     stripes: Vec<Arc<RwLock<()>>>,
     /// Blocks found at rest not matching their CRC (reads and verifies).
-    pub(crate) corrupt: AtomicU64,
+    corrupt: AtomicU64,
 }
 
 fn store_err(e: &StoreError) -> ErrorReply {
@@ -76,6 +76,12 @@ impl Integrity {
             stripes: (0..STRIPES).map(|_| Arc::new(RwLock::new(()))).collect(),
             corrupt: AtomicU64::new(0),
         })
+    }
+
+    /// Blocks found at rest not matching their CRC so far (reads and
+    /// verifies count each time they find one).
+    pub fn corrupt_blocks(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
     }
 
     /// The tables (tests look at them).

@@ -479,7 +479,7 @@ impl Brick {
             capacity_bytes: capacity,
             free_bytes: free,
             latency: c.latency(),
-            corrupt_blocks: self.integrity.corrupt.load(Ordering::Relaxed),
+            corrupt_blocks: self.integrity.corrupt_blocks(),
         })
     }
 
