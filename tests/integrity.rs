@@ -198,6 +198,18 @@ fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
             b.close().await;
         }
     });
+    // `stretto brick stats` shows the count too.
+    let stats = ok(common::run(&[
+        "brick",
+        "stats",
+        &addrs[1],
+        "--secret-file",
+        pool.secret.to_str().unwrap(),
+    ]));
+    assert!(
+        stats.contains("corrupt  ") && !stats.contains("corrupt        0 blocks"),
+        "{stats}"
+    );
     let status = ok(pool.volume(1, &["scrub", "v", "status"]));
     assert!(status.contains("repaired: 2\n"), "{status}");
     // Nothing left to find.
