@@ -36,7 +36,7 @@
 //! since the last flush may hold new data and an old CRC (or the reverse),
 //! and reads as `Corrupt` until redundancy repairs it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -57,8 +57,8 @@ const H_BLOCK: usize = 8;
 const H_RESERVED: usize = 12;
 /// Size of the table header; entry `i` is at `HEADER_LEN + 4 i`.
 pub const HEADER_LEN: u64 = 16;
-/// Most table files kept open at once (the least recently opened are
-/// closed first, after a sync if they changed).
+/// Most table files kept in the open cache (the least recently opened
+/// leave it first; a changed one stays open until the next flush syncs it).
 const MAX_OPEN: usize = 256;
 
 /// CRC32C of a 4 KiB block of zeros.
@@ -72,13 +72,18 @@ pub fn zero_block_crc() -> u32 {
 pub struct CrcTables {
     root: PathBuf,
     open: Mutex<OpenTables>,
+    /// Held while a table missing from the cache is opened or created, so
+    /// two first writes to a new chunk cannot both create (and truncate) it.
+    opening: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
 struct OpenTables {
     files: HashMap<ChunkId, Arc<File>>,
     order: Vec<ChunkId>,
-    dirty: HashSet<ChunkId>,
+    /// Tables changed since their last sync, with their file (kept even if
+    /// the table is closed from the cache meanwhile).
+    dirty: HashMap<ChunkId, Arc<File>>,
 }
 
 fn bad_table(path: &Path, what: &str) -> io::Error {
@@ -96,6 +101,7 @@ impl CrcTables {
         Ok(CrcTables {
             root,
             open: Mutex::new(OpenTables::default()),
+            opening: Mutex::new(()),
         })
     }
 
@@ -112,6 +118,10 @@ impl CrcTables {
     /// The open table of `chunk`; with `create`, a missing one is made
     /// (with its header) first. `None`: no table and not asked to create.
     fn table(&self, chunk: ChunkId, create: bool) -> io::Result<Option<Arc<File>>> {
+        if let Some(f) = self.lock().files.get(&chunk) {
+            return Ok(Some(f.clone()));
+        }
+        let _opening = self.opening.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = self.lock().files.get(&chunk) {
             return Ok(Some(f.clone()));
         }
@@ -161,12 +171,9 @@ impl CrcTables {
         let file = Arc::new(file);
         let mut open = self.lock();
         if open.files.len() >= MAX_OPEN {
+            // A dirty victim stays in `dirty` (with its file) until a flush.
             let victim = open.order.remove(0);
-            if let Some(f) = open.files.remove(&victim) {
-                if open.dirty.remove(&victim) {
-                    f.sync_data()?;
-                }
-            }
+            open.files.remove(&victim);
         }
         let file = open.files.entry(chunk).or_insert(file).clone();
         if !open.order.contains(&chunk) {
@@ -219,7 +226,7 @@ impl CrcTables {
             raw.extend_from_slice(&(c ^ zero).to_le_bytes());
         }
         f.write_all_at(&raw, HEADER_LEN + first * 4)?;
-        self.lock().dirty.insert(chunk);
+        self.lock().dirty.insert(chunk, f);
         Ok(())
     }
 
@@ -243,7 +250,7 @@ impl CrcTables {
             f.write_all_at(&zeros[..k], at)?;
             at += k as u64;
         }
-        self.lock().dirty.insert(chunk);
+        self.lock().dirty.insert(chunk, f);
         Ok(())
     }
 
@@ -265,17 +272,11 @@ impl CrcTables {
     /// Makes every table change so far durable. On failure the tables stay
     /// marked for the next flush.
     pub fn flush(&self) -> io::Result<()> {
-        let dirty: Vec<(ChunkId, Arc<File>)> = {
-            let mut open = self.lock();
-            let ids: Vec<ChunkId> = open.dirty.drain().collect();
-            ids.into_iter()
-                .filter_map(|c| open.files.get(&c).map(|f| (c, f.clone())))
-                .collect()
-        };
+        let dirty: Vec<(ChunkId, Arc<File>)> = self.lock().dirty.drain().collect();
         let mut first_err = None;
         for (c, f) in dirty {
             if let Err(e) = f.sync_data() {
-                self.lock().dirty.insert(c);
+                self.lock().dirty.entry(c).or_insert(f);
                 first_err.get_or_insert(e);
             }
         }
