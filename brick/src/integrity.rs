@@ -121,14 +121,20 @@ impl Integrity {
         ErrorReply::new(ErrorCode::Io, format!("crc table of {chunk}: {e}"))
     }
 
-    /// Should a change to `chunk` create its table? Only a chunk that does
-    /// not exist yet: one written before tables existed stays unverified
-    /// (a table made now would call its older blocks zeros).
+    /// Before a change to `chunk`: makes its table if the chunk does not
+    /// exist yet, and says whether it did. Only a new chunk gets one: a
+    /// chunk written before tables existed stays unverified (a table made
+    /// now would call its older blocks zeros). The table is made *before*
+    /// the data, so a concurrent first change to another region of the
+    /// chunk, which sees the chunk exist, also finds the table.
     fn creates(&self, store: &ObjectStore, chunk: ChunkId) -> Result<bool, ErrorReply> {
-        match store.stat(chunk) {
-            Ok(meta) => Ok(meta.is_none()),
-            Err(e) => Err(store_err(&e)),
+        let new = store.stat(chunk).map_err(|e| store_err(&e))?.is_none();
+        if new {
+            self.tables
+                .create(chunk)
+                .map_err(|e| Self::io_err(chunk, e))?;
         }
+        Ok(new)
     }
 
     /// The full-block CRC of the block at `block_off`, read back from the

@@ -182,6 +182,11 @@ impl CrcTables {
         Ok(Some(file))
     }
 
+    /// Makes `chunk`'s table if it has none (all entries: zero blocks).
+    pub fn create(&self, chunk: ChunkId) -> io::Result<()> {
+        self.table(chunk, true).map(|_| ())
+    }
+
     /// Does `chunk` have a table?
     pub fn exists(&self, chunk: ChunkId) -> io::Result<bool> {
         Ok(self.table(chunk, false)?.is_some())
