@@ -1,7 +1,8 @@
 //! Stripe and plain distribute volumes on real brick processes:
 //! - a model-based random I/O test (writes, reads, punches and zeroes at
 //!   random offsets, checked against an in-memory copy) on `stripe 4` and
-//!   on a distribute volume over the same 4 bricks, several seeds each;
+//!   on a distribute volume and on a distributed stripe (2 × 2) over the
+//!   same 4 bricks, several seeds each;
 //! - a distribute volume with a dead brick: its chunks fail with an error
 //!   naming the brick and the chunk, every other chunk still works.
 
@@ -107,11 +108,31 @@ fn stripe_and_distribute_match_a_model() {
     ok(pool.volume(0, &["start", "d4"]));
     let info = ok(pool.volume(0, &["info", "d4"]));
     assert!(info.contains("Type: Distribute\n"), "{info}");
+    // Two stripe sets of two: chunks placed by hash, then striped.
+    ok(pool.volume(
+        0,
+        &[
+            "create",
+            "ds",
+            "stripe",
+            "2",
+            &b[0],
+            &b[1],
+            &b[2],
+            &b[3],
+            "--chunk-size",
+            "1M",
+        ],
+    ));
+    ok(pool.volume(0, &["start", "ds"]));
+    let info = ok(pool.volume(0, &["info", "ds"]));
+    assert!(info.contains("Type: Distributed-Stripe\n"), "{info}");
+    assert!(info.contains("Stripe Unit: 128K"), "{info}");
 
     let secret = Secret::load(&pool.secret).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        for name in ["s4", "d4"] {
+        for name in ["s4", "d4", "ds"] {
             let spec = volume::manage::fetch(&b, &secret, name).await.unwrap();
             let id = spec.id;
             let client = Client::connect_spec(spec, secret.clone(), ClientOptions::default())
