@@ -251,7 +251,7 @@ async fn repair_object(
         report.unrepairable += n;
         return;
     }
-    if let Err(e) = set
+    match set
         .lease(
             fid,
             LeaseAction::Acquire {
@@ -260,9 +260,23 @@ async fn repair_object(
         )
         .await
     {
-        tracing::warn!(%fid, error = %e, "scrub: object busy, corrupt blocks left for the next scrub");
-        report.unrepairable += n;
-        return;
+        Err(e) => {
+            tracing::warn!(%fid, error = %e, "scrub: object busy, corrupt blocks left for the next scrub");
+            report.unrepairable += n;
+            return;
+        }
+        // The last writer died holding it: make its active regions
+        // identical first, as heal does, before our clean release forgets
+        // that they were left unsettled.
+        Ok(o) if o.unclean => {
+            if let Err(e) = set.settle(fid).await {
+                tracing::warn!(%fid, error = %e, "scrub: settling a dead writer's regions failed; corrupt blocks left for the next scrub");
+                let _ = set.lease(fid, LeaseAction::Release).await;
+                report.unrepairable += n;
+                return;
+            }
+        }
+        Ok(_) => {}
     }
     let epochs = set.epochs(fid);
     for &(oid, off) in blocks {
