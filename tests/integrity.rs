@@ -219,3 +219,55 @@ fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
     assert!(status.contains("corrupt blocks: 0\n"), "{status}");
     assert!(status.contains("chunks checked: "), "{status}");
 }
+
+#[test]
+fn scrub_of_a_distribute_volume_reports_what_it_cannot_repair() {
+    let pool = Pool::start(2);
+    let addrs: Vec<String> = (0..2).map(|i| pool.addr(i)).collect();
+    ok(pool.volume(0, &["create", "d", &addrs[0], &addrs[1]]));
+    ok(pool.volume(0, &["start", "d"]));
+    let secret = Secret::load(&pool.secret).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let data = pattern(64 << 10, 3);
+    let (fid, holder) = rt.block_on(async {
+        let spec = volume::manage::fetch(&addrs, &secret, "d").await.unwrap();
+        let fid = Fid {
+            volume: spec.id,
+            vnode: 9,
+            unique: 1,
+        };
+        let client = Client::connect_spec(spec, secret.clone(), ClientOptions::default())
+            .await
+            .unwrap();
+        let obj = client.object(fid);
+        obj.write(0, &data).await.unwrap();
+        obj.flush().await.unwrap();
+        client.close().await;
+        (fid, volume::xlator::place(fid, 0, 2))
+    });
+    flip_byte(&chunk_file(&pool.dirs[holder], fid), 10_000);
+    // The only copy is bad: reads fail clearly, naming the brick.
+    rt.block_on(async {
+        let spec = volume::manage::fetch(&addrs, &secret, "d").await.unwrap();
+        let client = Client::connect_spec(spec, secret.clone(), ClientOptions::default())
+            .await
+            .unwrap();
+        let e = client.object(fid).read(8192, 4096).await.unwrap_err();
+        assert!(matches!(e, volume::VolumeError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains(&addrs[holder]), "{e}");
+        // Other blocks of the chunk still read.
+        let got = client.object(fid).read(0, 8192).await.unwrap();
+        assert_eq!(got, data[..8192]);
+        client.close().await;
+    });
+    let out = pool.volume(0, &["scrub", "d"]);
+    assert!(
+        !out.status.success(),
+        "scrub must fail when it cannot repair"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("corrupt blocks: 1\n"), "{stdout}");
+    assert!(stdout.contains("unrepairable: 1\n"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("could not be repaired"), "{stderr}");
+}
