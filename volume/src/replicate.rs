@@ -132,6 +132,11 @@ pub struct Replicate {
     owner: u64,
     state: Mutex<SetState>,
     next: AtomicUsize,
+    /// Changes hold it shared; a read repair holds it exclusively while it
+    /// copies, so a change of this client cannot land between the repair's
+    /// read of the good copy and its write of the bad one (which would put
+    /// the older bytes back on one brick only).
+    repair_gate: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Replicate {
@@ -168,6 +173,7 @@ impl Replicate {
             }),
             links,
             next: AtomicUsize::new(0),
+            repair_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -462,7 +468,9 @@ impl Replicate {
         if leased {
             self.mark_active(fid, oid, first, count, &targets).await?;
         }
+        let gate = self.repair_gate.read().await;
         let answers = self.fan_out(&targets, |i| mk(oid, epochs[i])).await;
+        drop(gate);
         let mut ok = vec![false; self.links.len()];
         let mut fenced = None;
         for (i, a) in answers {
@@ -1258,6 +1266,7 @@ impl Replicate {
         bad: &[usize],
     ) {
         let epochs = self.epochs(fid);
+        let _gate = self.repair_gate.write().await;
         match self
             .repair_blocks(oid, offset, len, src, bad, &epochs)
             .await
