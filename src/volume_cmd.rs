@@ -24,11 +24,12 @@ pub struct VolumeArgs {
 
 #[derive(Subcommand, Debug)]
 enum VolumeCmd {
-    /// Create a volume: `create NAME [replica N] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// Create a volume: `create NAME [replica N | stripe S] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// With no type, chunks are distributed over the bricks by hash (no redundancy).
     Create {
         /// The volume's name.
         name: String,
-        /// `[replica N] BRICK...`
+        /// `[replica N | stripe S] BRICK...`
         #[arg(required = true, num_args = 1..)]
         layout: Vec<String>,
         /// Chunk size, e.g. 64M, 1G (a power of two, at least 1M).
@@ -50,7 +51,8 @@ enum VolumeCmd {
     },
     /// List the pool's volumes.
     List,
-    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp.
+    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp,
+    /// stripe-unit SIZE (stripe volumes, before the first start; default 128K).
     Set {
         name: String,
         key: String,
@@ -67,6 +69,14 @@ enum VolumeCmd {
     Heal {
         name: String,
         #[arg(num_args = 0..=3)]
+        args: Vec<String>,
+    },
+    /// Check every chunk at rest against its stored CRC32Cs and repair bad
+    /// blocks from another copy: `scrub NAME`; `scrub NAME status` shows
+    /// the last run's counts.
+    Scrub {
+        name: String,
+        #[arg(num_args = 0..=1)]
         args: Vec<String>,
     },
     /// Replace brick OLD of volume NAME (it may be down) with NEW (running,
@@ -150,6 +160,14 @@ pub async fn run(args: VolumeArgs) -> Result<()> {
         VolumeCmd::Heal { name, args } => {
             let spec = manage::fetch(&pool, &secret, &name).await?;
             heal(&spec, secret, &args).await?;
+        }
+        VolumeCmd::Scrub { name, args } => {
+            let spec = manage::fetch(&pool, &secret, &name).await?;
+            match args.as_slice() {
+                [] => scrub(&spec, secret).await?,
+                [s] if s == "status" => scrub_status(&spec, secret).await?,
+                _ => bail!("usage: stretto volume scrub NAME [status]"),
+            }
         }
         VolumeCmd::ReplaceBrick { name, old, new } => {
             replace_brick(&pool, secret, &name, &old, &new).await?;
@@ -278,6 +296,50 @@ async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> 
     Ok(())
 }
 
+/// The counts of a scrub report, one per line (`scrub` and `scrub status`).
+fn format_scrub(r: &volume::scrub::ScrubReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "chunks checked: {}", r.chunks);
+    let _ = writeln!(s, "bytes checked: {} ({})", r.bytes, human(r.bytes));
+    let _ = writeln!(s, "corrupt blocks: {}", r.corrupt);
+    let _ = writeln!(s, "repaired: {}", r.repaired);
+    let _ = writeln!(s, "unrepairable: {}", r.unrepairable);
+    for b in &r.bricks_skipped {
+        let _ = writeln!(
+            s,
+            "brick {b}: down or could not list its chunks, not checked"
+        );
+    }
+    s
+}
+
+/// `volume scrub NAME`: progress on stdout per brick, then the counts.
+async fn scrub(spec: &VolumeSpec, secret: Secret) -> Result<()> {
+    let name = spec.name.clone();
+    let mut last_brick = String::new();
+    let r = volume::scrub::scrub(spec, secret, |p| {
+        // One line per brick started and per 100 chunks: enough to see it move.
+        if p.brick != last_brick || p.done % 100 == 0 || p.done == p.total {
+            println!(
+                "scrub {name}: brick {}: {}/{} chunks, {} corrupt so far",
+                p.brick, p.done, p.total, p.report.corrupt
+            );
+            last_brick = p.brick.clone();
+        }
+    })
+    .await
+    .with_context(|| format!("scrub of volume {name} stopped"))?;
+    println!("volume scrub: {name}: done");
+    print!("{}", format_scrub(&r));
+    if r.unrepairable > 0 {
+        bail!(
+            "volume {name}: {} corrupt blocks could not be repaired",
+            r.unrepairable
+        );
+    }
+    Ok(())
+}
+
 /// Runs a full heal with progress lines on stderr and a summary on stdout;
 /// fails (exit 1) if anything was left uncopied, so scripts can retry.
 async fn full_heal(
@@ -362,8 +424,17 @@ fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
             Ok((VolumeKind::Replicate { replica }, bricks.to_vec()))
         }
         [kw, ..] if kw == "replica" => bail!("replica needs a count, e.g. `replica 3`"),
-        [kw, ..] if kw == "disperse" || kw == "stripe" => {
-            bail!("{kw} volumes are not available in this build (distribute and replica are)")
+        [kw, n, bricks @ ..] if kw == "stripe" => {
+            let count: u32 = n
+                .parse()
+                .with_context(|| format!("bad stripe count {n:?}: expected a number"))?;
+            Ok((VolumeKind::Stripe { count }, bricks.to_vec()))
+        }
+        [kw, ..] if kw == "stripe" => bail!("stripe needs a count, e.g. `stripe 4`"),
+        [kw, ..] if kw == "disperse" => {
+            bail!(
+                "{kw} volumes are not available in this build (distribute, replica and stripe are)"
+            )
         }
         bricks => Ok((VolumeKind::Distribute, bricks.to_vec())),
     }
@@ -374,6 +445,8 @@ fn type_name(spec: &VolumeSpec) -> &'static str {
         (VolumeKind::Distribute, _) => "Distribute",
         (VolumeKind::Replicate { .. }, false) => "Replicate",
         (VolumeKind::Replicate { .. }, true) => "Distributed-Replicate",
+        (VolumeKind::Stripe { .. }, false) => "Stripe",
+        (VolumeKind::Stripe { .. }, true) => "Distributed-Stripe",
     }
 }
 
@@ -392,13 +465,13 @@ pub fn format_info(spec: &VolumeSpec) -> String {
         VolumeKind::Distribute => {
             let _ = writeln!(s, "Number of Bricks: {n}");
         }
-        VolumeKind::Replicate { replica } => {
-            let _ = writeln!(
-                s,
-                "Number of Bricks: {} x {replica} = {n}",
-                spec.set_count()
-            );
+        VolumeKind::Replicate { replica: k } | VolumeKind::Stripe { count: k } => {
+            let _ = writeln!(s, "Number of Bricks: {} x {k} = {n}", spec.set_count());
         }
+    }
+    if let VolumeKind::Stripe { .. } = spec.kind {
+        let unit = volume::client::stripe_unit(spec).unwrap_or(volume::DEFAULT_STRIPE_UNIT);
+        let _ = writeln!(s, "Stripe Unit: {}", format_size(unit));
     }
     let _ = writeln!(s, "Transport-type: {}", spec.option("transport", "tcp"));
     let _ = writeln!(s, "Bricks:");
@@ -466,4 +539,29 @@ fn format_status(st: &VolumeStatus, detail: bool) -> String {
         }
     }
     s
+}
+
+/// `volume scrub NAME status`: the last run's counts, as the bricks keep
+/// them.
+async fn scrub_status(spec: &VolumeSpec, secret: Secret) -> Result<()> {
+    let name = spec.name.clone();
+    match volume::scrub::scrub_status(spec, secret).await? {
+        None => println!("volume scrub status: {name}: never scrubbed"),
+        Some(c) => {
+            println!(
+                "volume scrub status: {name}: last run started {} finished {} (Unix seconds)",
+                c.started, c.finished
+            );
+            let r = volume::scrub::ScrubReport {
+                chunks: c.chunks,
+                bytes: c.bytes,
+                corrupt: c.corrupt,
+                repaired: c.repaired,
+                unrepairable: c.unrepairable,
+                ..Default::default()
+            };
+            print!("{}", format_scrub(&r));
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@
 //! This crate must not know about volumes' layouts (that is `volume/`, on the
 //! client side): a brick stores chunks, records and configurations it is given.
 
+pub mod integrity;
 pub mod layout;
 pub mod lease;
 pub mod marks;

@@ -12,20 +12,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use iobuf::IoBuf;
 use storage::chunkmeta::RvmChunkMeta;
 use storage::objects::{ChunkId, Fid, ObjectStore, StoreError, StoreOptions};
 use storage::rvm::{map::PMap, CommitMode, Rvm};
 use transport::wire::{
     BrickStats, ChunkEntry, ChunkList, DataRef, ErrorCode, ErrorReply, GetVolConfig, ListChunksReq,
-    ObjectId, PutVolConfig, ReadReply, StatReply, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
-    MAX_CHUNK_ENTRIES,
+    ObjectId, PutVolConfig, ReadBlocksReply, ReadReply, ScrubCounts, ScrubStatusReply,
+    ScrubStatusReq, StatReply, VerifyReq, VolConfig, WriteReply, CHUNKS_MORE, FLAG_FUA,
+    MAX_CHUNK_ENTRIES, SCRUB_FOUND, SCRUB_PUT,
 };
 use transport::{
     BoxFuture, ClientOptions, Handler, Request, Response, Secret, ServerOptions, ServerPayload,
     TcpClient,
 };
 
+use crate::integrity::Integrity;
 use crate::layout::{self, BrickDir, BrickInfo};
 use crate::lease::Leases;
 use crate::marks::Marks;
@@ -35,6 +36,11 @@ use crate::BrickError;
 /// RVM root slot of the volume-configuration map (volume id → generation +
 /// opaque volfile bytes).
 pub const VOLCONFIG_ROOT: u32 = 2;
+
+/// RVM root slot of the last-scrub map (volume id u32 LE → the 56-byte
+/// `ScrubCounts` of the volume's last scrub run, as `wire::ScrubCounts`
+/// draws it).
+pub const SCRUB_ROOT: u32 = 8;
 
 /// Largest single read or write a request may ask for (the transport's data
 /// limit).
@@ -49,8 +55,13 @@ pub struct Brick {
     /// The store's chunk metadata, also read directly to list chunks.
     meta: Arc<RvmChunkMeta>,
     volconfig: PMap,
+    /// Last scrub counts per volume (`SCRUB_ROOT`).
+    scrubs: PMap,
     leases: Leases,
     marks: Marks,
+    /// Per-block CRC tables beside the data, and the locks that keep them
+    /// in step with it.
+    integrity: Integrity,
     counters: Counters,
 }
 
@@ -81,13 +92,17 @@ fn err(code: ErrorCode, message: impl Into<String>) -> Response {
     })
 }
 
-fn store_err(e: &StoreError) -> Response {
+fn store_reply(e: &StoreError) -> ErrorReply {
     let code = match e {
         StoreError::NoSpace { .. } => ErrorCode::NoSpace,
         StoreError::Invalid { .. } => ErrorCode::Invalid,
         _ => ErrorCode::Io,
     };
-    err(code, e.to_string())
+    ErrorReply::new(code, e.to_string())
+}
+
+fn store_err(e: &StoreError) -> Response {
+    Response::Error(store_reply(e))
 }
 
 impl Brick {
@@ -109,6 +124,7 @@ impl Brick {
         };
         let meta = Arc::new(RvmChunkMeta::open(rvm.clone()).map_err(rvm_err)?);
         let volconfig = PMap::open_or_create(&rvm, VOLCONFIG_ROOT).map_err(rvm_err)?;
+        let scrubs = PMap::open_or_create(&rvm, SCRUB_ROOT).map_err(rvm_err)?;
         let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
         let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
         let store =
@@ -118,13 +134,20 @@ impl Brick {
                     source,
                 }
             })?;
+        let integrity = Integrity::open(dir).map_err(|source| BrickError::Io {
+            what: "open the crc tables",
+            path: dir.join("crc"),
+            source,
+        })?;
         Ok(Brick {
             info,
             dir: bdir,
+            integrity,
             rvm,
             store,
             meta,
             volconfig,
+            scrubs,
             leases,
             marks,
             counters: Counters::default(),
@@ -155,22 +178,23 @@ impl Brick {
                 path: self.dir.root().to_path_buf(),
                 source,
             })?;
+        self.integrity.flush().map_err(|source| BrickError::Io {
+            what: "sync the crc tables",
+            path: self.dir.root().join("crc"),
+            source,
+        })?;
         self.rvm.flush().map_err(rvm_err)?;
         self.rvm.truncate().map_err(rvm_err)
     }
 
-    fn take_buf(&self, len: usize) -> IoBuf {
-        let pool = self.store.pool();
-        let mut buf = if len <= pool.buf_size() {
-            pool.try_take().unwrap_or_else(|| IoBuf::alloc(len))
-        } else {
-            IoBuf::alloc(len)
-        };
-        buf.set_len(len);
-        buf
-    }
-
-    async fn read(&self, r: transport::wire::ReadReq, payload: &mut ServerPayload) -> Response {
+    /// `Read` and `ReadBlocks`: the data, checked at rest against the
+    /// chunk's CRC table; `ReadBlocks` also gets the CRC of each grid piece.
+    async fn read(
+        &self,
+        r: transport::wire::ReadReq,
+        payload: &mut ServerPayload,
+        blocks: bool,
+    ) -> Response {
         if r.len > MAX_IO {
             return err(ErrorCode::TooLarge, format!("read of {} bytes", r.len));
         }
@@ -184,11 +208,15 @@ impl Brick {
                 ),
             );
         }
-        let buf = self.take_buf(r.len as usize);
-        let (res, buf) = self.store.read(chunk_of(&r.object), r.offset, buf).await;
-        if let Err(e) = res {
-            return store_err(&e);
-        }
+        let chunk = chunk_of(&r.object);
+        let (buf, crcs) = match self
+            .integrity
+            .read(&self.store, chunk, r.offset, r.len as u64)
+            .await
+        {
+            Ok(x) => x,
+            Err(e) => return Response::Error(e),
+        };
         let len = buf.len() as u32;
         if let Err(e) = payload.push_from(buf).await {
             return err(ErrorCode::Internal, e.to_string());
@@ -197,15 +225,29 @@ impl Brick {
         self.counters
             .read_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        // The transport fills in where the data went; the checksum of the
-        // data is the volume layer's (0: not computed here).
-        Response::Read(ReadReply {
-            data: DataRef::None,
-            crc32c: 0,
-        })
+        // The transport fills in where the data went.
+        if blocks {
+            Response::ReadBlocks(ReadBlocksReply {
+                data: DataRef::None,
+                crcs,
+            })
+        } else {
+            // A plain read's whole-data CRC is not computed (0).
+            Response::Read(ReadReply {
+                data: DataRef::None,
+                crc32c: 0,
+            })
+        }
     }
 
-    async fn write(&self, w: transport::wire::WriteReq, payload: &mut ServerPayload) -> Response {
+    /// `Write` and `WriteBlocks` (`piece_crcs`: the writer's CRC per grid
+    /// piece, checked before anything touches the disk).
+    async fn write(
+        &self,
+        w: transport::wire::WriteReq,
+        piece_crcs: Option<Vec<u32>>,
+        payload: &mut ServerPayload,
+    ) -> Response {
         let buf = match payload.data().await {
             Ok(buf) => buf,
             Err(e) => return err(ErrorCode::Invalid, e.to_string()),
@@ -216,20 +258,70 @@ impl Brick {
             return err(code, msg);
         }
         let len = buf.len() as u32;
-        let (res, _buf) = self.store.write(chunk_of(&w.object), w.offset, buf).await;
-        if let Err(e) = res {
-            return store_err(&e);
+        if let Err(e) = self
+            .integrity
+            .write(
+                &self.store,
+                chunk_of(&w.object),
+                w.offset,
+                buf,
+                piece_crcs.as_deref(),
+            )
+            .await
+        {
+            return Response::Error(e);
         }
         if w.flags & FLAG_FUA != 0 {
-            if let Err(e) = self.store.flush().await {
-                return store_err(&e);
+            if let Err(e) = self.flush_all().await {
+                return Response::Error(e);
             }
         }
         self.counters.writes.fetch_add(1, Ordering::Relaxed);
         self.counters
             .written_bytes
             .fetch_add(len as u64, Ordering::Relaxed);
-        Response::Write(WriteReply { written: len })
+        let reply = WriteReply { written: len };
+        if piece_crcs.is_some() {
+            Response::WriteBlocks(reply)
+        } else {
+            Response::Write(reply)
+        }
+    }
+
+    /// The store's flush, then the CRC tables' (data before its CRCs).
+    async fn flush_all(&self) -> Result<(), ErrorReply> {
+        self.store.flush().await.map_err(|e| store_reply(&e))?;
+        self.integrity
+            .flush()
+            .map_err(|e| ErrorReply::new(ErrorCode::Io, format!("syncing crc tables: {e}")))
+    }
+
+    /// `Punch` or `Zero` (`zero`), keeping the CRC table in step.
+    async fn range(&self, r: &transport::wire::RangeReq, zero: bool) -> Response {
+        match self
+            .integrity
+            .range(&self.store, chunk_of(&r.object), r.offset, r.len, zero)
+            .await
+        {
+            Ok(()) if zero => Response::Zero,
+            Ok(()) => Response::Punch,
+            Err(e) => Response::Error(e),
+        }
+    }
+
+    /// `Verify`: scrub a range at rest.
+    async fn verify(&self, v: &VerifyReq) -> Response {
+        if v.len > MAX_IO {
+            return err(ErrorCode::TooLarge, format!("verify of {} bytes", v.len));
+        }
+        match self
+            .integrity
+            .verify(&self.store, chunk_of(&v.object), v.offset, v.len as u64)
+            .await
+        {
+            Ok(r) => Response::Verify(r),
+            Err(e) => Response::Error(e),
+        }
     }
 
     fn stat(&self, object: &ObjectId) -> Response {
@@ -341,6 +433,38 @@ impl Brick {
         }
     }
 
+    /// `ScrubStatus`: the volume's last scrub counts, or store new ones.
+    fn scrub_status(&self, q: &ScrubStatusReq) -> Response {
+        let key = q.volume.to_le_bytes();
+        if q.op == SCRUB_PUT {
+            let mut tx = self.rvm.begin();
+            if let Err(e) = self.scrubs.insert(&mut tx, &key, &q.counts.to_bytes()) {
+                return err(ErrorCode::Io, e.to_string());
+            }
+            if let Err(e) = tx.commit(CommitMode::Flush) {
+                return err(ErrorCode::Io, e.to_string());
+            }
+            return Response::ScrubStatus(ScrubStatusReply {
+                flags: SCRUB_FOUND,
+                counts: q.counts,
+            });
+        }
+        match self.scrubs.get(&*self.rvm, &key) {
+            Err(e) => err(ErrorCode::Io, e.to_string()),
+            Ok(None) => Response::ScrubStatus(ScrubStatusReply {
+                flags: 0,
+                counts: ScrubCounts::default(),
+            }),
+            Ok(Some(rec)) => match ScrubCounts::from_bytes(&rec) {
+                Some(counts) => Response::ScrubStatus(ScrubStatusReply {
+                    flags: SCRUB_FOUND,
+                    counts,
+                }),
+                None => err(ErrorCode::Internal, "scrub record has the wrong length"),
+            },
+        }
+    }
+
     fn brick_stats(&self) -> Response {
         let c = &self.counters;
         let (capacity, free) = disk_space(self.dir.root());
@@ -355,6 +479,7 @@ impl Brick {
             capacity_bytes: capacity,
             free_bytes: free,
             latency: c.latency(),
+            corrupt_blocks: self.integrity.corrupt_blocks(),
         })
     }
 
@@ -373,28 +498,29 @@ impl Brick {
         }
         match req {
             Request::Ping(p) => Response::Pong(p),
-            Request::Read(r) => self.read(r, payload).await,
-            Request::Write(w) => self.write(w, payload).await,
-            Request::Punch(r) => match self.store.punch(chunk_of(&r.object), r.offset, r.len).await
-            {
-                Ok(()) => Response::Punch,
-                Err(e) => store_err(&e),
-            },
-            Request::Zero(r) => match self.store.zero(chunk_of(&r.object), r.offset, r.len).await {
-                Ok(()) => Response::Zero,
-                Err(e) => store_err(&e),
-            },
+            Request::Read(r) => self.read(r, payload, false).await,
+            Request::ReadBlocks(r) => self.read(r, payload, true).await,
+            Request::Write(w) => self.write(w, None, payload).await,
+            Request::WriteBlocks(w) => self.write(w.write, Some(w.crcs), payload).await,
+            Request::Verify(v) => self.verify(&v).await,
+            Request::ScrubStatus(q) => self.scrub_status(&q),
+            Request::Punch(r) => self.range(&r, false).await,
+            Request::Zero(r) => self.range(&r, true).await,
             Request::Flush(_) => {
                 self.counters.flushes.fetch_add(1, Ordering::Relaxed);
-                match self.store.flush().await {
+                match self.flush_all().await {
                     Ok(()) => Response::Flush,
-                    Err(e) => store_err(&e),
+                    Err(e) => Response::Error(e),
                 }
             }
             Request::Stat(o) => self.stat(&o.object),
-            Request::Remove(r) => match self.store.remove(chunk_of(&r.object)).await {
+            Request::Remove(r) => match self
+                .integrity
+                .remove(&self.store, chunk_of(&r.object))
+                .await
+            {
                 Ok(()) => Response::Remove,
-                Err(e) => store_err(&e),
+                Err(e) => Response::Error(e),
             },
             Request::GetVolConfig(g) => self.get_volconfig(&g),
             Request::PutVolConfig(p) => self.put_volconfig(p),

@@ -137,6 +137,11 @@ impl fmt::Display for StatsReport {
             human_bytes(s.free_bytes),
             human_bytes(s.capacity_bytes)
         )?;
+        writeln!(
+            f,
+            "  corrupt        {} blocks found at rest failing their CRC32C",
+            s.corrupt_blocks
+        )?;
         let total: u64 = s.latency.iter().sum();
         writeln!(f, "  latency        {total} requests")?;
         for (i, n) in s.latency.iter().enumerate() {

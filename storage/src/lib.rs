@@ -4,6 +4,7 @@
 //!
 //! This crate knows nothing of the network, of volumes or of other bricks.
 
+pub mod blockcrc;
 pub mod chunkmeta;
 pub mod objects;
 pub mod rvm;

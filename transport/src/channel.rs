@@ -238,12 +238,14 @@ pub(crate) fn check_payload(req: &Request, payload: &Payload) -> Result<(), Tran
     let op = req.opcode();
     let bad = |reason: String| TransportError::BadCall { opcode: op, reason };
     match (payload, op) {
-        (Payload::None, Opcode::Read) => match req {
-            Request::Read(r) if r.len > 0 => Err(bad("a Read needs an In buffer".into())),
+        (Payload::None, Opcode::Read | Opcode::ReadBlocks) => match req {
+            Request::Read(r) | Request::ReadBlocks(r) if r.len > 0 => {
+                Err(bad("a Read needs an In buffer".into()))
+            }
             _ => Ok(()),
         },
         (Payload::None, _) => Ok(()),
-        (Payload::Out(b), Opcode::Write) => {
+        (Payload::Out(b), Opcode::Write | Opcode::WriteBlocks) => {
             if b.len() > crate::wire::MAX_DATA as usize {
                 return Err(bad(format!(
                     "{} bytes of data are over the limit of {}",
@@ -253,8 +255,8 @@ pub(crate) fn check_payload(req: &Request, payload: &Payload) -> Result<(), Tran
             }
             Ok(())
         }
-        (Payload::In(b), Opcode::Read) => {
-            let Request::Read(r) = req else {
+        (Payload::In(b), Opcode::Read | Opcode::ReadBlocks) => {
+            let (Request::Read(r) | Request::ReadBlocks(r)) = req else {
                 return Ok(());
             };
             if r.len as usize > b.capacity() || r.len > crate::wire::MAX_DATA {

@@ -166,7 +166,13 @@ impl Handler for MemStore {
                 Request::Hello(_) | Request::Auth(_) => {
                     Response::error(ErrorCode::Invalid, "handshake reached the handler")
                 }
-                Request::Lease(_) | Request::Marks(_) | Request::ListChunks(_) => {
+                Request::Lease(_)
+                | Request::Marks(_)
+                | Request::ListChunks(_)
+                | Request::WriteBlocks(_)
+                | Request::ReadBlocks(_)
+                | Request::Verify(_)
+                | Request::ScrubStatus(_) => {
                     Response::error(ErrorCode::Unsupported, "not served by the test store")
                 }
             }

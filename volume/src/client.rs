@@ -20,7 +20,8 @@ use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
 use crate::replicate::Replicate;
-use crate::spec::{VolumeSpec, VolumeState};
+use crate::spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_STRIPE_UNIT};
+use crate::stripe::Stripe;
 use crate::volfile::{self, Record};
 use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator};
 
@@ -125,26 +126,52 @@ fn build_stack(
             spec.chunk_size
         )));
     }
+    // The layout never changes under a volume that holds data, so set `s`
+    // of the new description succeeds set `s` of the old (leases, active
+    // regions and stale marks carry over).
+    let make = |s: usize, spec: &VolumeSpec, set_links: Vec<Arc<BrickLink>>| {
+        match prev.and_then(|p| p.sets.get(s)) {
+            Some(old) => old.succeed(spec, set_links),
+            None => Replicate::new(spec, set_links, owner),
+        }
+    };
     let mut sets = Vec::new();
-    for s in 0..spec.set_count() {
-        let set_links = links[s * n..(s + 1) * n].to_vec();
-        // The set's layout never changes under a volume that holds data,
-        // so set `s` of the new description succeeds set `s` of the old.
-        let set = match prev.and_then(|p| p.sets.get(s)) {
-            Some(old) => old.succeed(&spec, set_links)?,
-            None => Replicate::new(&spec, set_links, owner)?,
-        };
-        sets.push(Arc::new(set));
-    }
-    let root: Arc<dyn Translator> = if sets.len() == 1 {
-        sets[0].clone()
-    } else {
-        Arc::new(Distribute::new(
-            spec.chunk_size,
+    let parts: Vec<Arc<dyn Translator>> = match spec.kind {
+        VolumeKind::Stripe { .. } => {
+            // Each column is a set of one brick (its own lease, epochs,
+            // CRC checks); the stripe maps offsets over them.
+            let unit = stripe_unit(&spec)?;
+            let mut column_spec = spec.clone();
+            column_spec.options.remove("quorum-type");
+            column_spec.options.remove("quorum-count");
+            for (i, l) in links.iter().enumerate() {
+                sets.push(Arc::new(make(i, &column_spec, vec![l.clone()])?));
+            }
+            sets.chunks(n)
+                .map(|cols| {
+                    Arc::new(Stripe::new(
+                        unit,
+                        cols.iter()
+                            .map(|c| c.clone() as Arc<dyn Translator>)
+                            .collect(),
+                    )) as Arc<dyn Translator>
+                })
+                .collect()
+        }
+        _ => {
+            for s in 0..spec.set_count() {
+                let set_links = links[s * n..(s + 1) * n].to_vec();
+                sets.push(Arc::new(make(s, &spec, set_links)?));
+            }
             sets.iter()
                 .map(|s| s.clone() as Arc<dyn Translator>)
-                .collect(),
-        ))
+                .collect()
+        }
+    };
+    let root: Arc<dyn Translator> = if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        Arc::new(Distribute::new(spec.chunk_size, parts))
     };
     Ok(Stack {
         spec,
@@ -231,7 +258,8 @@ impl Client {
         self.shared.current().root.clone()
     }
 
-    /// The replica sets, in set order.
+    /// The replica sets, in set order (for a stripe volume: one set of one
+    /// brick per column, in brick order).
     pub fn sets(&self) -> Vec<Arc<Replicate>> {
         self.shared.current().sets.clone()
     }
@@ -467,6 +495,21 @@ async fn newest_description(st: &Stack) -> Option<Record> {
         }
     }
     None
+}
+
+/// The stripe unit of a stripe volume (option `stripe-unit`, bytes).
+pub fn stripe_unit(spec: &VolumeSpec) -> Result<u64> {
+    let v = spec.option("stripe-unit", "");
+    if v.is_empty() {
+        return Ok(DEFAULT_STRIPE_UNIT);
+    }
+    match crate::manage::parse_size(v) {
+        Some(n) if n.is_power_of_two() && (4096..=spec.chunk_size).contains(&n) => Ok(n),
+        _ => Err(VolumeError::Spec {
+            volume: spec.name.clone(),
+            reason: format!("stripe-unit {v:?} is not a power of two from 4K to the chunk size"),
+        }),
+    }
 }
 
 /// One object of a volume.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use transport::BoxFuture;
 
 use crate::error::Result;
-use crate::xlator::{place, split, Fid, LeaseAction, LeaseOutcome, Translator, SIZE_CHUNK};
+use crate::xlator::{
+    lease_all, place, split, Fid, LeaseAction, LeaseOutcome, Translator, SIZE_CHUNK,
+};
 
 /// Hash placement over sets.
 pub struct Distribute {
@@ -96,22 +98,6 @@ impl Translator for Distribute {
     }
 
     fn lease(&self, fid: Fid, action: LeaseAction) -> BoxFuture<'_, Result<LeaseOutcome>> {
-        Box::pin(async move {
-            let mut out = LeaseOutcome::default();
-            for (k, s) in self.sets.iter().enumerate() {
-                match s.lease(fid, action).await {
-                    Ok(o) => out.unclean |= o.unclean,
-                    Err(e) => {
-                        if matches!(action, LeaseAction::Acquire { .. }) {
-                            for s in &self.sets[..k] {
-                                let _ = s.lease(fid, LeaseAction::Release).await;
-                            }
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(lease_all(&self.sets, fid, action))
     }
 }

@@ -65,6 +65,30 @@ pub enum VolumeError {
         chunk: u64,
         offset: u64,
     },
+    /// Every copy that could be read failed its CRC32C check (at rest on
+    /// the brick, or on return), so no good data was found.
+    #[error("volume {volume}: {fid} chunk {chunk} at {offset}: corrupt on brick {brick} ({detail}) and no other good copy")]
+    Corrupt {
+        volume: String,
+        brick: String,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        detail: String,
+    },
+    /// A chunk whose only copy is on one brick (distribute, stripe) cannot
+    /// be reached: that brick is down or failed the call. Chunks on other
+    /// bricks are not affected.
+    #[error("volume {volume}: {op} of {fid} chunk {chunk} at {offset}: its only brick {brick} is unavailable ({reason}); chunks on other bricks are not affected")]
+    Unavailable {
+        volume: String,
+        op: &'static str,
+        brick: String,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        reason: String,
+    },
     /// A brick answered with a reply of the wrong kind.
     #[error("volume {volume}: {op} on brick {brick}: unexpected reply {reply}")]
     Protocol {

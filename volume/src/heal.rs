@@ -33,7 +33,7 @@ use crate::spec::VolumeSpec;
 use crate::xlator::{Fid, LeaseAction, Translator, SIZE_CHUNK};
 
 /// Lease heal holds on an object while it copies regions of it.
-const HEAL_LEASE_MS: u32 = 30_000;
+pub(crate) const HEAL_LEASE_MS: u32 = 30_000;
 
 /// Rounds of list-and-heal (a list is cut at `MAX_MARKS` marks per brick).
 const MAX_ROUNDS: usize = 64;
@@ -367,7 +367,7 @@ async fn bigger_version(set: &Replicate, oid: ObjectId, bricks: &[usize]) -> usi
     best.map(|(_, i)| i).unwrap_or(bricks[0])
 }
 
-async fn connect(spec: &VolumeSpec, secret: Secret) -> Result<Client> {
+pub(crate) async fn connect(spec: &VolumeSpec, secret: Secret) -> Result<Client> {
     let opts = ClientOptions {
         connect_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
@@ -513,7 +513,7 @@ pub struct FullHealReport {
 }
 
 /// Every chunk of `volume` brick `i` of `set` holds, asked page by page.
-async fn list_chunks(set: &Replicate, i: usize, volume: u32) -> Option<Vec<ChunkEntry>> {
+pub(crate) async fn list_chunks(set: &Replicate, i: usize, volume: u32) -> Option<Vec<ChunkEntry>> {
     let mut out = Vec::new();
     let mut start = ObjectId {
         volume,

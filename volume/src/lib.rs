@@ -8,7 +8,8 @@
 //! - [`manage`]: `stretto volume create | start | stop | delete | info | status | set | get`.
 //! - [`xlator`]: the translator interface ("an object at byte offsets"),
 //!   chunking and placement.
-//! - [`replicate`], [`distribute`]: the layout translators.
+//! - [`replicate`], [`distribute`], [`stripe`]: the layout translators.
+//! - [`scrub`]: re-check data at rest against its CRCs and repair it.
 //! - [`client`]: connect to a volume, get object handles.
 //! - [`heal`]: self-heal from pending marks, heal info, split-brain.
 //! - [`records`]: versioned records with all-or-nothing commits and a change
@@ -25,7 +26,9 @@ pub mod link;
 pub mod manage;
 pub mod records;
 pub mod replicate;
+pub mod scrub;
 pub mod spec;
+pub mod stripe;
 pub mod volfile;
 pub mod xlator;
 
@@ -33,5 +36,6 @@ pub use client::{Client, Object};
 pub use distribute::Distribute;
 pub use error::{Result, VolumeError};
 pub use replicate::{Quorum, Replicate};
-pub use spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_CHUNK_SIZE};
+pub use spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_CHUNK_SIZE, DEFAULT_STRIPE_UNIT};
+pub use stripe::Stripe;
 pub use xlator::{Fid, LeaseAction, LeaseOutcome, Translator};

@@ -561,6 +561,25 @@ fn check_bricks(kind: VolumeKind, bricks: &[String]) -> Result<(), ManageError> 
     if bricks.is_empty() {
         return Err(ManageError::NoBricks);
     }
+    if let VolumeKind::Stripe { count } = kind {
+        if count < 2 {
+            return Err(ManageError::BadValue {
+                key: "stripe".into(),
+                value: count.to_string(),
+                expected: "a stripe count of at least 2".into(),
+            });
+        }
+        if bricks.len() % count as usize != 0 {
+            return Err(ManageError::BadValue {
+                key: "stripe".into(),
+                value: count.to_string(),
+                expected: format!(
+                    "a brick count that is a multiple of {count} (got {})",
+                    bricks.len()
+                ),
+            });
+        }
+    }
     if let VolumeKind::Replicate { replica } = kind {
         if replica < 2 {
             return Err(ManageError::BadReplica { replica });
@@ -620,6 +639,24 @@ pub fn check_option(spec: &VolumeSpec, key: &str, value: &str) -> Result<String,
             "tcp" => Ok(value.into()),
             _ => Err(bad("tcp (the only transport in this build)".into())),
         },
+        "stripe-unit" => {
+            // Moving the unit would move every byte already written.
+            if !matches!(spec.kind, VolumeKind::Stripe { .. }) {
+                return Err(bad("a stripe volume (this one is not)".into()));
+            }
+            if spec.state != VolumeState::Created {
+                return Err(bad("to be set before the volume is first started".into()));
+            }
+            match parse_size(value) {
+                Some(n) if n.is_power_of_two() && (4096..=spec.chunk_size).contains(&n) => {
+                    Ok(n.to_string())
+                }
+                _ => Err(bad(format!(
+                    "a power of two from 4K to the chunk size ({})",
+                    spec.chunk_size
+                ))),
+            }
+        }
         _ => Err(ManageError::UnknownOption { key: key.into() }),
     }
 }
@@ -773,6 +810,7 @@ pub async fn replace_brick(
     let (spec_gens, spec) = s.current_spec(name, &spec_entry).await?;
     let set = match spec.kind {
         VolumeKind::Replicate { replica } => pos / replica.max(1) as usize,
+        VolumeKind::Stripe { count } => pos / count.max(1) as usize,
         VolumeKind::Distribute => pos,
     };
     let mut new_spec = spec.clone();

@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use iobuf::IoBuf;
 use tokio::task::JoinSet;
 use transport::wire::{
-    DataRef, LeaseOp, LeaseReq, MarksOp, MarksReq, ObjectId, RangeReq, ReadReq, WriteReq, FLAG_FUA,
-    LEASE_UNCLEAN, REGION_SIZE,
+    check_block_crcs, DataRef, LeaseOp, LeaseReq, MarksOp, MarksReq, ObjectId, RangeReq, ReadReq,
+    WriteBlocksReq, WriteReq, CRC_BLOCK, FLAG_FUA, LEASE_UNCLEAN, REGION_SIZE,
 };
 use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
 
@@ -132,6 +132,11 @@ pub struct Replicate {
     owner: u64,
     state: Mutex<SetState>,
     next: AtomicUsize,
+    /// Changes hold it shared; a read repair holds it exclusively while it
+    /// copies, so a change of this client cannot land between the repair's
+    /// read of the good copy and its write of the bad one (which would put
+    /// the older bytes back on one brick only).
+    repair_gate: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Replicate {
@@ -168,6 +173,7 @@ impl Replicate {
             }),
             links,
             next: AtomicUsize::new(0),
+            repair_gate: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -466,7 +472,9 @@ impl Replicate {
         let oid = fid.chunk(chunk);
         let up = self.up();
         if !self.quorum.met(&up) {
-            return Err(self.no_quorum(op, &up));
+            return Err(self
+                .unavailable(op, fid, chunk, offset, "down".into())
+                .unwrap_or_else(|| self.no_quorum(op, &up)));
         }
         self.join_lease(fid, &up).await;
         let epochs = self.lease_epochs(fid)?;
@@ -503,7 +511,9 @@ impl Replicate {
         if leased {
             self.mark_active(fid, oid, first, count, &targets).await?;
         }
+        let gate = self.repair_gate.read().await;
         let answers = self.fan_out(&targets, |i| mk(oid, epochs[i])).await;
+        drop(gate);
         let mut ok = vec![false; self.links.len()];
         let mut fenced = None;
         for (i, a) in answers {
@@ -544,7 +554,10 @@ impl Replicate {
             self.add_pending(oid, first, count, &good, &missed).await?;
         }
         if !self.quorum.met(&ok) {
-            return Err(self.no_quorum(op, &ok));
+            let reason = "it did not take the change: down, unreachable or refused".to_string();
+            return Err(self
+                .unavailable(op, fid, chunk, offset, reason)
+                .unwrap_or_else(|| self.no_quorum(op, &ok)));
         }
         if !(0..ok.len()).any(|i| ok[i] && clean[i]) {
             return Err(no_good_copy());
@@ -612,6 +625,9 @@ impl Replicate {
         }
         if cands.is_empty() {
             let up = self.up();
+            if let Some(e) = self.unavailable("read", fid, p.chunk, p.offset, "down".into()) {
+                return Err(e);
+            }
             if !up.iter().any(|b| *b) {
                 return Err(VolumeError::NoQuorum {
                     volume: self.volume.clone(),
@@ -630,59 +646,86 @@ impl Replicate {
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = None;
+        let mut corrupt = Vec::new();
         for k in 0..cands.len() {
             let i = cands[(start + k) % cands.len()];
-            let req = Request::Read(ReadReq {
-                object: oid,
-                offset: p.offset,
-                len: p.len as u32,
-                data: DataRef::None,
-            });
-            let buf = IoBuf::alloc(p.len as usize);
-            match self.links[i].call(req, Payload::In(buf)).await {
-                Ok((Response::Read(_), payload)) => {
-                    let got = payload.into_buf();
-                    let data = got.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
+            match self.read_blocks(i, oid, p.offset, p.len).await {
+                BrickRead::Data(buf) => {
+                    let data = buf.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
                     let n = data.len().min(out.len());
                     out[..n].copy_from_slice(&data[..n]);
                     out[n..].fill(0);
+                    if !corrupt.is_empty() {
+                        self.repair_after_read(fid, oid, p.offset, p.len, i, &corrupt)
+                            .await;
+                    }
                     return Ok(());
                 }
-                Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {
-                    out.fill(0);
-                    return Ok(());
-                }
-                Ok((r, _)) => {
-                    last = Some(VolumeError::Brick {
+                BrickRead::Corrupt(detail) => {
+                    tracing::warn!(volume = %self.volume, brick = self.links[i].addr(), %fid, chunk = p.chunk, offset = p.offset, %detail, "corrupt copy: reading another replica");
+                    last = Some(VolumeError::Corrupt {
                         volume: self.volume.clone(),
-                        op: "read",
                         brick: self.links[i].addr().to_owned(),
                         fid,
+                        chunk: p.chunk,
                         offset: p.offset,
-                        reply: reply_err(&r).cloned().unwrap_or_else(|| {
-                            ErrorReply::new(ErrorCode::Internal, format!("unexpected {r:?}"))
-                        }),
+                        detail,
+                    });
+                    corrupt.push(i);
+                }
+                BrickRead::Failed(e) => {
+                    // A set of one brick has no other copy: say which
+                    // brick and chunk are out of reach.
+                    last = Some(match e {
+                        VolumeError::NoQuorum { .. } | VolumeError::Transport { .. } => self
+                            .unavailable("read", fid, p.chunk, p.offset, e.to_string())
+                            .unwrap_or(e),
+                        e => e,
                     })
                 }
-                Err(f) => last = Some(self.transport_err("read", i, fid, p.offset, f)),
             }
         }
         Err(last.unwrap_or_else(|| self.no_quorum("read", &self.up())))
     }
 
+    /// For a set of one brick (distribute, a stripe column): the error that
+    /// names the brick and chunk out of reach. `None` for real replica sets.
+    fn unavailable(
+        &self,
+        op: &'static str,
+        fid: Fid,
+        chunk: u64,
+        offset: u64,
+        reason: String,
+    ) -> Option<VolumeError> {
+        (self.links.len() == 1).then(|| VolumeError::Unavailable {
+            volume: self.volume.clone(),
+            op,
+            brick: self.links[0].addr().to_owned(),
+            fid,
+            chunk,
+            offset,
+            reason,
+        })
+    }
+
     async fn write_all(&self, fid: Fid, offset: u64, data: &[u8]) -> Result<()> {
         for p in split(offset, data.len() as u64, self.chunk_size) {
             let piece = &data[p.at as usize..(p.at + p.len) as usize];
-            let crc = crc32c::crc32c(piece);
+            // One CRC pass per piece, whatever the number of copies.
+            let crcs = transport::wire::block_crcs(p.offset, piece);
             self.change("write", fid, p.chunk, p.offset, p.len, |oid, epoch| {
                 (
-                    Request::Write(WriteReq {
-                        object: oid,
-                        offset: p.offset,
-                        epoch,
-                        flags: 0,
-                        crc32c: crc,
-                        data: DataRef::None,
+                    Request::WriteBlocks(WriteBlocksReq {
+                        write: WriteReq {
+                            object: oid,
+                            offset: p.offset,
+                            epoch,
+                            flags: 0,
+                            crc32c: 0,
+                            data: DataRef::None,
+                        },
+                        crcs: crcs.clone(),
                     }),
                     Payload::Out(IoBuf::from_slice(piece)),
                 )
@@ -965,32 +1008,23 @@ impl Replicate {
         }
         let len = (size - start).min(REGION_SIZE);
         let mut data = vec![0u8; len as usize];
-        let req = Request::Read(ReadReq {
-            object: oid,
-            offset: start,
-            len: len as u32,
-            data: DataRef::None,
-        });
-        match self.links[src]
-            .call(req, Payload::In(IoBuf::alloc(len as usize)))
-            .await
-        {
-            Ok((Response::Read(_), p)) => {
-                if let Some(b) = p.into_buf() {
-                    let n = b.len().min(data.len());
-                    data[..n].copy_from_slice(&b.as_slice()[..n]);
-                }
+        match self.read_blocks(src, oid, start, len).await {
+            BrickRead::Data(Some(b)) => {
+                let n = b.len().min(data.len());
+                data[..n].copy_from_slice(&b.as_slice()[..n]);
             }
-            Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {}
-            Ok((other, _)) => {
-                return Err(VolumeError::Protocol {
+            BrickRead::Data(None) => {}
+            BrickRead::Corrupt(detail) => {
+                return Err(VolumeError::Corrupt {
                     volume: self.volume.clone(),
-                    op: "heal read",
                     brick: self.links[src].addr().to_owned(),
-                    reply: format!("{other:?}"),
+                    fid,
+                    chunk: oid.chunk,
+                    offset: start,
+                    detail,
                 })
             }
-            Err(f) => return Err(self.transport_err("heal read", src, fid, start, f)),
+            BrickRead::Failed(e) => return Err(e),
         }
         let zeros = data.iter().all(|b| *b == 0);
         let data = (!zeros).then_some(data);
@@ -1012,7 +1046,7 @@ impl Replicate {
         let fid = Fid::of(&oid);
         let zeros = data.is_none();
         let data = data.unwrap_or(&[]);
-        let crc = crc32c::crc32c(data);
+        let crcs = transport::wire::block_crcs(start, data);
         let answers = self
             .fan_out(dsts, |i| {
                 if zeros {
@@ -1028,13 +1062,16 @@ impl Replicate {
                     )
                 } else {
                     (
-                        Request::Write(WriteReq {
-                            object: oid,
-                            offset: start,
-                            epoch: epochs[i],
-                            flags: FLAG_FUA,
-                            crc32c: crc,
-                            data: DataRef::None,
+                        Request::WriteBlocks(WriteBlocksReq {
+                            write: WriteReq {
+                                object: oid,
+                                offset: start,
+                                epoch: epochs[i],
+                                flags: FLAG_FUA,
+                                crc32c: 0,
+                                data: DataRef::None,
+                            },
+                            crcs: crcs.clone(),
                         }),
                         Payload::Out(IoBuf::from_slice(data)),
                     )
@@ -1043,7 +1080,7 @@ impl Replicate {
             .await;
         for (i, a) in answers {
             match a {
-                Ok((Response::Write(_), _)) | Ok((Response::Punch, _)) => {}
+                Ok((Response::WriteBlocks(_), _)) | Ok((Response::Punch, _)) => {}
                 Ok((r, _)) => {
                     return Err(VolumeError::Brick {
                         volume: self.volume.clone(),
@@ -1149,6 +1186,143 @@ impl Replicate {
             settled += 1;
         }
         Ok(settled)
+    }
+}
+
+/// What reading a range from one brick gave.
+pub(crate) enum BrickRead {
+    /// The data, checked (`None`: the brick has no such chunk, so zeros).
+    Data(Option<IoBuf>),
+    /// The brick found the data at rest corrupt, or it failed its CRC32C
+    /// check on return: a bad copy.
+    Corrupt(String),
+    /// Anything else (down, refused, protocol).
+    Failed(VolumeError),
+}
+
+impl Replicate {
+    /// Reads `[offset, offset + len)` of `oid` from brick `i` with a CRC per
+    /// 4 KiB piece, and checks the data against them.
+    pub(crate) async fn read_blocks(
+        &self,
+        i: usize,
+        oid: ObjectId,
+        offset: u64,
+        len: u64,
+    ) -> BrickRead {
+        let fid = Fid::of(&oid);
+        if len == 0 {
+            return BrickRead::Data(None);
+        }
+        let req = Request::ReadBlocks(ReadReq {
+            object: oid,
+            offset,
+            len: len as u32,
+            data: DataRef::None,
+        });
+        match self.links[i]
+            .call(req, Payload::In(IoBuf::alloc(len as usize)))
+            .await
+        {
+            Ok((Response::ReadBlocks(r), payload)) => {
+                let buf = payload.into_buf();
+                let data = buf.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
+                if data.len() as u64 != len {
+                    return BrickRead::Failed(VolumeError::Protocol {
+                        volume: self.volume.clone(),
+                        op: "read",
+                        brick: self.links[i].addr().to_owned(),
+                        reply: format!("{} bytes for a read of {len}", data.len()),
+                    });
+                }
+                match check_block_crcs(offset, data, &r.crcs) {
+                    Ok(()) => BrickRead::Data(buf),
+                    Err(k) => BrickRead::Corrupt(format!(
+                        "4 KiB piece {k} of the reply failed its CRC32C on return"
+                    )),
+                }
+            }
+            Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => BrickRead::Data(None),
+            Ok((Response::Error(e), _)) if e.code == ErrorCode::Corrupt => {
+                BrickRead::Corrupt(e.message)
+            }
+            Ok((r, _)) => BrickRead::Failed(VolumeError::Brick {
+                volume: self.volume.clone(),
+                op: "read",
+                brick: self.links[i].addr().to_owned(),
+                fid,
+                offset,
+                reply: reply_err(&r).cloned().unwrap_or_else(|| {
+                    ErrorReply::new(ErrorCode::Internal, format!("unexpected {r:?}"))
+                }),
+            }),
+            Err(f) => BrickRead::Failed(self.transport_err("read", i, fid, offset, f)),
+        }
+    }
+
+    /// Rewrites the whole 4 KiB blocks under `[offset, offset + len)` of
+    /// `oid` on bricks `dsts` from brick `src` (checked on the way), durably,
+    /// with the lease epochs given. Whole blocks, so a bad byte next to the
+    /// range cannot survive under a freshly computed CRC.
+    pub(crate) async fn repair_blocks(
+        &self,
+        oid: ObjectId,
+        offset: u64,
+        len: u64,
+        src: usize,
+        dsts: &[usize],
+        epochs: &[u64],
+    ) -> Result<u64> {
+        let fid = Fid::of(&oid);
+        let a = offset / CRC_BLOCK * CRC_BLOCK;
+        let b = offset.saturating_add(len).div_ceil(CRC_BLOCK) * CRC_BLOCK;
+        let data = match self.read_blocks(src, oid, a, b - a).await {
+            BrickRead::Data(Some(buf)) => buf.as_slice().to_vec(),
+            BrickRead::Data(None) => vec![0u8; (b - a) as usize],
+            BrickRead::Corrupt(detail) => {
+                return Err(VolumeError::Corrupt {
+                    volume: self.volume.clone(),
+                    brick: self.links[src].addr().to_owned(),
+                    fid,
+                    chunk: oid.chunk,
+                    offset: a,
+                    detail,
+                })
+            }
+            BrickRead::Failed(e) => return Err(e),
+        };
+        self.put_region(oid, a, b - a, Some(&data), dsts, epochs)
+            .await
+    }
+
+    /// After a read found bad copies on `bad` and good data on `src`:
+    /// repairs them (logged). A repair that fails (the brick refuses our
+    /// epoch while another writer holds the lease, or went away) is left
+    /// for scrub; the read itself has already succeeded.
+    async fn repair_after_read(
+        &self,
+        fid: Fid,
+        oid: ObjectId,
+        offset: u64,
+        len: u64,
+        src: usize,
+        bad: &[usize],
+    ) {
+        let epochs = self.epochs(fid);
+        let _gate = self.repair_gate.write().await;
+        match self
+            .repair_blocks(oid, offset, len, src, bad, &epochs)
+            .await
+        {
+            Ok(_) => {
+                for &i in bad {
+                    tracing::warn!(volume = %self.volume, brick = self.links[i].addr(), %fid, chunk = oid.chunk, offset, len, source = self.links[src].addr(), "repaired a corrupt copy");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(volume = %self.volume, %fid, chunk = oid.chunk, offset, len, error = %e, "could not repair a corrupt copy now; scrub will");
+            }
+        }
     }
 }
 

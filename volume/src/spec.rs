@@ -20,7 +20,17 @@ pub enum VolumeKind {
         /// Bricks per set (copies of each chunk).
         replica: u32,
     },
+    /// Each object striped over the `count` bricks of its set in units of
+    /// the `stripe-unit` option (default [`DEFAULT_STRIPE_UNIT`]): unit `n`
+    /// of the object is on brick `n % count`. No redundancy.
+    Stripe {
+        /// Bricks per set (columns of the stripe).
+        count: u32,
+    },
 }
+
+/// Default stripe unit of a stripe volume (option `stripe-unit`).
+pub const DEFAULT_STRIPE_UNIT: u64 = 128 << 10;
 
 impl VolumeKind {
     /// Bricks per set.
@@ -28,6 +38,7 @@ impl VolumeKind {
         match self {
             VolumeKind::Distribute => 1,
             VolumeKind::Replicate { replica } => *replica as usize,
+            VolumeKind::Stripe { count } => *count as usize,
         }
     }
 }
@@ -37,6 +48,7 @@ impl fmt::Display for VolumeKind {
         match self {
             VolumeKind::Distribute => write!(f, "distribute"),
             VolumeKind::Replicate { replica } => write!(f, "replica {replica}"),
+            VolumeKind::Stripe { count } => write!(f, "stripe {count}"),
         }
     }
 }

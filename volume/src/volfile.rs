@@ -48,7 +48,8 @@
 //!  40: name str, then brick_count × brick str (set order),
 //!      then option_cnt × (key str, value str), keys strictly increasing
 //! ```
-//! `layout`: 0 distribute (`replica` must be 0), 1 replicate (`replica` ≥ 1).
+//! `layout`: 0 distribute (`replica` must be 0), 1 replicate (`replica` ≥ 1),
+//! 3 stripe (`replica` holds the stripe count, ≥ 2; 2 is left for disperse).
 //! `state`: 0 created, 1 started, 2 stopped.
 //!
 //! # Deleted body (kind 2)
@@ -183,6 +184,7 @@ const VOL_FIXED: usize = 40;
 
 const LAYOUT_DISTRIBUTE: u8 = 0;
 const LAYOUT_REPLICATE: u8 = 1;
+const LAYOUT_STRIPE: u8 = 3;
 const STATE_CREATED: u8 = 0;
 const STATE_STARTED: u8 = 1;
 const STATE_STOPPED: u8 = 2;
@@ -417,6 +419,7 @@ fn encode_volume(w: &mut Writer, spec: &VolumeSpec) -> Result<(), VolfileError> 
     let (layout, replica) = match spec.kind {
         VolumeKind::Distribute => (LAYOUT_DISTRIBUTE, 0),
         VolumeKind::Replicate { replica } => (LAYOUT_REPLICATE, replica),
+        VolumeKind::Stripe { count } => (LAYOUT_STRIPE, count),
     };
     let state = match spec.state {
         VolumeState::Created => STATE_CREATED,
@@ -582,7 +585,8 @@ fn decode_volume(r: &mut Reader<'_>) -> Result<VolumeSpec, VolfileError> {
     let kind = match f.bytes[VOL_LAYOUT] {
         LAYOUT_DISTRIBUTE if replica == 0 => VolumeKind::Distribute,
         LAYOUT_REPLICATE if replica >= 1 => VolumeKind::Replicate { replica },
-        LAYOUT_DISTRIBUTE | LAYOUT_REPLICATE => {
+        LAYOUT_STRIPE if replica >= 2 => VolumeKind::Stripe { count: replica },
+        LAYOUT_DISTRIBUTE | LAYOUT_REPLICATE | LAYOUT_STRIPE => {
             return Err(VolfileError::BadField {
                 what: "replica",
                 value: replica as u64,

@@ -18,6 +18,8 @@ use std::fmt;
 use transport::wire::ObjectId;
 use transport::BoxFuture;
 
+use std::sync::Arc;
+
 use crate::error::Result;
 
 /// An object's name: volume, vnode, uniquifier (as Coda's).
@@ -149,6 +151,32 @@ pub trait Translator: Send + Sync {
     fn grow(&self, fid: Fid, size: u64) -> BoxFuture<'_, Result<()>>;
     /// Takes, renews or gives up the object's write lease.
     fn lease(&self, fid: Fid, action: LeaseAction) -> BoxFuture<'_, Result<LeaseOutcome>>;
+}
+
+/// Takes, renews or gives up an object's lease on every one of `parts`
+/// (the sets of a distribute, the columns of a stripe), in order: an
+/// acquire that fails on one gives back what the earlier ones granted, so
+/// either every part holds the lease or none does.
+pub async fn lease_all(
+    parts: &[Arc<dyn Translator>],
+    fid: Fid,
+    action: LeaseAction,
+) -> Result<LeaseOutcome> {
+    let mut out = LeaseOutcome::default();
+    for (k, s) in parts.iter().enumerate() {
+        match s.lease(fid, action).await {
+            Ok(o) => out.unclean |= o.unclean,
+            Err(e) => {
+                if matches!(action, LeaseAction::Acquire { .. }) {
+                    for s in &parts[..k] {
+                        let _ = s.lease(fid, LeaseAction::Release).await;
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -142,7 +142,8 @@ fn arb_spec() -> impl Strategy<Value = VolumeSpec> {
         1u32..1000,
         prop_oneof![
             Just(VolumeKind::Distribute),
-            (1u32..5).prop_map(|replica| VolumeKind::Replicate { replica })
+            (1u32..5).prop_map(|replica| VolumeKind::Replicate { replica }),
+            (2u32..9).prop_map(|count| VolumeKind::Stripe { count })
         ],
         prop::collection::vec("[a-z0-9.]{1,12}:[0-9]{1,5}", 0..8),
         any::<u64>(),
@@ -257,4 +258,19 @@ proptest! {
         head.extend_from_slice(&crc.to_le_bytes());
         let _ = decode(&[head, bytes].concat());
     }
+}
+
+#[test]
+fn stripe_layout_bytes() {
+    let mut spec = fixture_spec();
+    spec.kind = VolumeKind::Stripe { count: 4 };
+    let bytes = encode_spec(&spec).unwrap();
+    // Body at 16: layout u8 at body offset 4, the count in `replica` at 8.
+    assert_eq!(bytes[16 + 4], 3, "layout 3 = stripe");
+    assert_eq!(&bytes[16 + 8..16 + 12], &4u32.to_le_bytes());
+    assert_eq!(decode(&bytes).unwrap(), Record::Volume(spec.clone()));
+    // A stripe of one brick is not a stripe.
+    spec.kind = VolumeKind::Stripe { count: 1 };
+    let bytes = encode_spec(&spec).unwrap();
+    assert!(decode(&bytes).is_err());
 }

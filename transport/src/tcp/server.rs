@@ -279,7 +279,7 @@ impl Connection {
             return Next::Continue;
         }
         let mut payload = ServerPayload::none(self.peer.clone(), self.id);
-        if let (Request::Write(_), 0) = (&req, data_len) {
+        if let (Request::Write(_) | Request::WriteBlocks(_), 0) = (&req, data_len) {
             // An empty write still has (empty) data to take.
             payload = ServerPayload::inline(IoBuf::alloc(0), self.peer.clone(), self.id);
         } else if data_len > 0 {
@@ -291,7 +291,9 @@ impl Connection {
             payload = ServerPayload::inline(buf, self.peer.clone(), self.id);
         }
         match &req {
-            Request::Read(r) => payload = payload.with_sink(r.len.min(crate::wire::MAX_DATA)),
+            Request::Read(r) | Request::ReadBlocks(r) => {
+                payload = payload.with_sink(r.len.min(crate::wire::MAX_DATA))
+            }
             Request::Hello(_) | Request::Auth(_) => {
                 let reply = Response::error(ErrorCode::Invalid, "already authenticated");
                 send(tx, id, &reply, None).await;

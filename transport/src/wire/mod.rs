@@ -39,10 +39,12 @@
 
 mod chunks;
 mod ha;
+mod integrity;
 mod msg;
 
 pub use chunks::*;
 pub use ha::*;
+pub use integrity::*;
 pub use msg::*;
 
 use thiserror::Error;

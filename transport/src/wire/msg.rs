@@ -12,6 +12,9 @@
 
 use super::chunks::{ChunkList, ListChunksReq};
 use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
+use super::integrity::{
+    ReadBlocksReply, ScrubStatusReply, ScrubStatusReq, VerifyReply, VerifyReq, WriteBlocksReq,
+};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
 
@@ -40,6 +43,14 @@ pub enum Opcode {
     Marks = 0x41,
     /// The chunks of a volume a brick holds (see `wire::chunks`).
     ListChunks = 0x42,
+    /// A write carrying one CRC32C per 4 KiB block (see `wire::integrity`).
+    WriteBlocks = 0x43,
+    /// A read answered with one CRC32C per 4 KiB block.
+    ReadBlocks = 0x44,
+    /// Check a chunk range at rest against its stored CRCs (scrub).
+    Verify = 0x45,
+    /// The last scrub run's counts of a volume (get / put).
+    ScrubStatus = 0x46,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -65,6 +76,10 @@ impl Opcode {
             0x40 => Lease,
             0x41 => Marks,
             0x42 => ListChunks,
+            0x43 => WriteBlocks,
+            0x44 => ReadBlocks,
+            0x45 => Verify,
+            0x46 => ScrubStatus,
             0x7f => Error,
             _ => return None,
         })
@@ -213,7 +228,7 @@ impl DataRef {
         }
     }
 
-    fn put(&self, b: &mut [u8], at: usize) {
+    pub(super) fn put(&self, b: &mut [u8], at: usize) {
         let (kind, len, addr, rkey) = match *self {
             DataRef::None => (Self::KIND_NONE, 0, 0, 0),
             DataRef::Inline { len } => (Self::KIND_INLINE, len, 0, 0),
@@ -227,7 +242,7 @@ impl DataRef {
         put_u32(b, at + Self::RESERVED1, 0);
     }
 
-    fn get(b: &[u8], at: usize, opcode: Opcode) -> Result<DataRef, BodyError> {
+    pub(super) fn get(b: &[u8], at: usize, opcode: Opcode) -> Result<DataRef, BodyError> {
         let reserved = |field| BodyError::Reserved { opcode, field };
         if b[at + Self::RESERVED0..at + Self::DLEN] != [0, 0, 0]
             || get_u32(b, at + Self::RESERVED1) != 0
@@ -366,7 +381,7 @@ const WR_EPOCH: usize = 32;
 const WR_FLAGS: usize = 40;
 const WR_CRC: usize = 44;
 const WR_DATA: usize = 48;
-const WR_SIZE: usize = 72;
+pub(super) const WR_SIZE: usize = 72;
 
 /// `Write` reply: bytes written. Body: `written u32` at 0, reserved u32 at 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,13 +541,21 @@ pub struct BrickStats {
     pub free_bytes: u64,
     /// Request latency histogram, power-of-two buckets in microseconds.
     pub latency: [u64; LATENCY_BUCKETS],
+    /// 4 KiB blocks found at rest not matching their stored CRC32C (reads
+    /// answered `Corrupt`, scrub verifies). At offset [`BS_CORRUPT`]; a
+    /// 264-byte reply from an older brick decodes with 0 here.
+    pub corrupt_blocks: u64,
 }
 /// Buckets of the brick's latency histogram (the last one is 2^22 µs ≈ 4 s
 /// and longer).
 pub const LATENCY_BUCKETS: usize = 24;
 const BS_COUNTERS: usize = 9;
 const BS_FIELDS: usize = BS_COUNTERS + LATENCY_BUCKETS;
-const BS_LEN: usize = BS_FIELDS * 8;
+/// Length of the reply before `corrupt_blocks` was added (still accepted).
+const BS_LEN_V1: usize = BS_FIELDS * 8;
+/// Offset of `corrupt_blocks`, after the histogram.
+const BS_CORRUPT: usize = BS_LEN_V1;
+const BS_LEN: usize = BS_CORRUPT + 8;
 
 impl BrickStats {
     fn fields(&self) -> [u64; BS_FIELDS] {
@@ -568,6 +591,7 @@ impl BrickStats {
             capacity_bytes: f[7],
             free_bytes: f[8],
             latency: std::array::from_fn(|i| f[BS_COUNTERS + i]),
+            corrupt_blocks: 0,
         }
     }
 }
@@ -603,6 +627,11 @@ pub enum ErrorCode {
     Exists,
     /// 13: a bug on the brick.
     Internal,
+    /// 14: data at rest on the brick does not match its stored per-block
+    /// CRC32C (bit rot, a torn write, a changed file). The caller should
+    /// read the range from redundancy (another replica; for a dispersed
+    /// volume: treat the fragment as missing) and repair this brick.
+    Corrupt,
     /// A code this side does not know.
     Other(u16),
 }
@@ -625,6 +654,7 @@ impl ErrorCode {
             Checksum => 11,
             Exists => 12,
             Internal => 13,
+            Corrupt => 14,
             Other(c) => c,
         }
     }
@@ -646,6 +676,7 @@ impl ErrorCode {
             11 => Checksum,
             12 => Exists,
             13 => Internal,
+            14 => Corrupt,
             c => Other(c),
         }
     }
@@ -720,9 +751,16 @@ pub enum Request {
     Lease(LeaseReq),
     Marks(MarksReq),
     ListChunks(ListChunksReq),
+    WriteBlocks(WriteBlocksReq),
+    ReadBlocks(ReadReq),
+    Verify(VerifyReq),
+    ScrubStatus(ScrubStatusReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
+// `BrickStats` (272 bytes) is the large one; it is rare and short-lived, so
+// boxing it would cost every user a change for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Reply to `Hello`.
@@ -746,10 +784,15 @@ pub enum Response {
     Lease(LeaseReply),
     Marks(MarksReply),
     ListChunks(ChunkList),
+    /// Reply to `WriteBlocks`.
+    WriteBlocks(WriteReply),
+    ReadBlocks(ReadBlocksReply),
+    Verify(VerifyReply),
+    ScrubStatus(ScrubStatusReply),
     Error(ErrorReply),
 }
 
-fn expect_len(opcode: Opcode, body: &[u8], expected: usize) -> Result<(), BodyError> {
+pub(super) fn expect_len(opcode: Opcode, body: &[u8], expected: usize) -> Result<(), BodyError> {
     if body.len() != expected {
         return Err(BodyError::Length {
             opcode,
@@ -760,7 +803,7 @@ fn expect_len(opcode: Opcode, body: &[u8], expected: usize) -> Result<(), BodyEr
     Ok(())
 }
 
-fn expect_zero32(
+pub(super) fn expect_zero32(
     opcode: Opcode,
     b: &[u8],
     at: usize,
@@ -848,6 +891,54 @@ fn check_config(op: Opcode, len: usize) -> Result<(), BodyError> {
     Ok(())
 }
 
+/// The `Read` body layout, shared by `Read` and `ReadBlocks`.
+fn encode_read(r: &ReadReq, out: &mut Vec<u8>) {
+    let mut b = [0u8; RD_SIZE];
+    r.object.put(&mut b, RD_OBJECT);
+    put_u64(&mut b, RD_OFFSET, r.offset);
+    put_u32(&mut b, RD_LEN, r.len);
+    put_u32(&mut b, RD_FLAGS, 0);
+    r.data.put(&mut b, RD_DATA);
+    out.extend_from_slice(&b);
+}
+
+fn decode_read(op: Opcode, b: &[u8]) -> Result<ReadReq, BodyError> {
+    expect_len(op, b, RD_SIZE)?;
+    expect_zero32(op, b, RD_FLAGS, "flags")?;
+    Ok(ReadReq {
+        object: ObjectId::get(b, RD_OBJECT, op)?,
+        offset: get_u64(b, RD_OFFSET),
+        len: get_u32(b, RD_LEN),
+        data: DataRef::get(b, RD_DATA, op)?,
+    })
+}
+
+/// The `Write` body layout ([`WR_SIZE`] bytes), shared by `Write` and the
+/// head of `WriteBlocks`.
+pub(super) fn encode_write(w: &WriteReq, out: &mut Vec<u8>) {
+    let mut b = [0u8; WR_SIZE];
+    w.object.put(&mut b, WR_OBJECT);
+    put_u64(&mut b, WR_OFFSET, w.offset);
+    put_u64(&mut b, WR_EPOCH, w.epoch);
+    put_u32(&mut b, WR_FLAGS, w.flags);
+    put_u32(&mut b, WR_CRC, w.crc32c);
+    w.data.put(&mut b, WR_DATA);
+    out.extend_from_slice(&b);
+}
+
+/// Decodes the first [`WR_SIZE`] bytes of `b` as a `Write` body (the caller
+/// checked the length).
+pub(super) fn decode_write(op: Opcode, b: &[u8]) -> Result<WriteReq, BodyError> {
+    Ok(WriteReq {
+        object: ObjectId::get(b, WR_OBJECT, op)?,
+        offset: get_u64(b, WR_OFFSET),
+        epoch: get_u64(b, WR_EPOCH),
+        flags: check_flags(op, get_u32(b, WR_FLAGS), FLAG_FUA)?,
+        crc32c: get_u32(b, WR_CRC),
+        data: DataRef::get(b, WR_DATA, op)?,
+    })
+}
+
 impl Request {
     /// The request's opcode.
     pub fn opcode(&self) -> Opcode {
@@ -868,14 +959,19 @@ impl Request {
             Request::Lease(_) => Opcode::Lease,
             Request::Marks(_) => Opcode::Marks,
             Request::ListChunks(_) => Opcode::ListChunks,
+            Request::WriteBlocks(_) => Opcode::WriteBlocks,
+            Request::ReadBlocks(_) => Opcode::ReadBlocks,
+            Request::Verify(_) => Opcode::Verify,
+            Request::ScrubStatus(_) => Opcode::ScrubStatus,
         }
     }
 
     /// The request's data reference, for requests that can carry one.
     pub fn data_ref(&self) -> Option<&DataRef> {
         match self {
-            Request::Read(r) => Some(&r.data),
+            Request::Read(r) | Request::ReadBlocks(r) => Some(&r.data),
             Request::Write(w) => Some(&w.data),
+            Request::WriteBlocks(w) => Some(&w.write.data),
             _ => None,
         }
     }
@@ -883,8 +979,9 @@ impl Request {
     /// Mutable data reference: the transport fills it from the call's payload.
     pub fn data_ref_mut(&mut self) -> Option<&mut DataRef> {
         match self {
-            Request::Read(r) => Some(&mut r.data),
+            Request::Read(r) | Request::ReadBlocks(r) => Some(&mut r.data),
             Request::Write(w) => Some(&mut w.data),
+            Request::WriteBlocks(w) => Some(&mut w.write.data),
             _ => None,
         }
     }
@@ -900,25 +997,11 @@ impl Request {
             Request::Hello(h) => out.extend_from_slice(&h.client_nonce),
             Request::Auth(a) => out.extend_from_slice(&a.client_proof),
             Request::Ping(p) => out.extend_from_slice(&p.token.to_le_bytes()),
-            Request::Read(r) => {
-                let mut b = [0u8; RD_SIZE];
-                r.object.put(&mut b, RD_OBJECT);
-                put_u64(&mut b, RD_OFFSET, r.offset);
-                put_u32(&mut b, RD_LEN, r.len);
-                put_u32(&mut b, RD_FLAGS, 0);
-                r.data.put(&mut b, RD_DATA);
-                out.extend_from_slice(&b);
-            }
-            Request::Write(w) => {
-                let mut b = [0u8; WR_SIZE];
-                w.object.put(&mut b, WR_OBJECT);
-                put_u64(&mut b, WR_OFFSET, w.offset);
-                put_u64(&mut b, WR_EPOCH, w.epoch);
-                put_u32(&mut b, WR_FLAGS, w.flags);
-                put_u32(&mut b, WR_CRC, w.crc32c);
-                w.data.put(&mut b, WR_DATA);
-                out.extend_from_slice(&b);
-            }
+            Request::Read(r) | Request::ReadBlocks(r) => encode_read(r, out),
+            Request::Write(w) => encode_write(w, out),
+            Request::WriteBlocks(w) => w.encode(out),
+            Request::Verify(v) => v.encode(out),
+            Request::ScrubStatus(q) => q.encode(out),
             Request::Punch(r) | Request::Zero(r) => encode_range(r, out),
             Request::Flush(o) | Request::Stat(o) => encode_object(&o.object, out),
             Request::Remove(r) => {
@@ -975,27 +1058,15 @@ impl Request {
                     token: get_u64(b, 0),
                 })
             }
-            Opcode::Read => {
-                expect_len(op, b, RD_SIZE)?;
-                expect_zero32(op, b, RD_FLAGS, "flags")?;
-                Request::Read(ReadReq {
-                    object: ObjectId::get(b, RD_OBJECT, op)?,
-                    offset: get_u64(b, RD_OFFSET),
-                    len: get_u32(b, RD_LEN),
-                    data: DataRef::get(b, RD_DATA, op)?,
-                })
-            }
+            Opcode::Read => Request::Read(decode_read(op, b)?),
+            Opcode::ReadBlocks => Request::ReadBlocks(decode_read(op, b)?),
             Opcode::Write => {
                 expect_len(op, b, WR_SIZE)?;
-                Request::Write(WriteReq {
-                    object: ObjectId::get(b, WR_OBJECT, op)?,
-                    offset: get_u64(b, WR_OFFSET),
-                    epoch: get_u64(b, WR_EPOCH),
-                    flags: check_flags(op, get_u32(b, WR_FLAGS), FLAG_FUA)?,
-                    crc32c: get_u32(b, WR_CRC),
-                    data: DataRef::get(b, WR_DATA, op)?,
-                })
+                Request::Write(decode_write(op, b)?)
             }
+            Opcode::WriteBlocks => Request::WriteBlocks(WriteBlocksReq::decode(b)?),
+            Opcode::Verify => Request::Verify(VerifyReq::decode(b)?),
+            Opcode::ScrubStatus => Request::ScrubStatus(ScrubStatusReq::decode(b)?),
             Opcode::Punch => Request::Punch(decode_range(op, b)?),
             Opcode::Zero => Request::Zero(decode_range(op, b)?),
             Opcode::Flush => Request::Flush(decode_object(op, b)?),
@@ -1067,6 +1138,10 @@ impl Response {
             Response::Lease(_) => Opcode::Lease,
             Response::Marks(_) => Opcode::Marks,
             Response::ListChunks(_) => Opcode::ListChunks,
+            Response::WriteBlocks(_) => Opcode::WriteBlocks,
+            Response::ReadBlocks(_) => Opcode::ReadBlocks,
+            Response::Verify(_) => Opcode::Verify,
+            Response::ScrubStatus(_) => Opcode::ScrubStatus,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1075,6 +1150,7 @@ impl Response {
     pub fn data_ref(&self) -> Option<&DataRef> {
         match self {
             Response::Read(r) => Some(&r.data),
+            Response::ReadBlocks(r) => Some(&r.data),
             _ => None,
         }
     }
@@ -1083,6 +1159,7 @@ impl Response {
     pub fn data_ref_mut(&mut self) -> Option<&mut DataRef> {
         match self {
             Response::Read(r) => Some(&mut r.data),
+            Response::ReadBlocks(r) => Some(&mut r.data),
             _ => None,
         }
     }
@@ -1119,7 +1196,7 @@ impl Response {
                 put_u32(&mut b, RR_RESERVED, 0);
                 out.extend_from_slice(&b);
             }
-            Response::Write(w) => {
+            Response::Write(w) | Response::WriteBlocks(w) => {
                 let mut b = [0u8; WRR_SIZE];
                 put_u32(&mut b, WRR_WRITTEN, w.written);
                 put_u32(&mut b, WRR_RESERVED, 0);
@@ -1147,10 +1224,14 @@ impl Response {
                 for v in s.fields() {
                     out.extend_from_slice(&v.to_le_bytes());
                 }
+                out.extend_from_slice(&s.corrupt_blocks.to_le_bytes());
             }
             Response::Lease(l) => l.encode(out),
             Response::Marks(m) => m.encode(out),
             Response::ListChunks(l) => l.encode(out),
+            Response::ReadBlocks(r) => r.encode(out),
+            Response::Verify(v) => v.encode(out),
+            Response::ScrubStatus(r) => r.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1200,13 +1281,21 @@ impl Response {
                     crc32c: get_u32(b, RR_CRC),
                 })
             }
-            Opcode::Write => {
+            Opcode::Write | Opcode::WriteBlocks => {
                 expect_len(op, b, WRR_SIZE)?;
                 expect_zero32(op, b, WRR_RESERVED, "reserved")?;
-                Response::Write(WriteReply {
+                let w = WriteReply {
                     written: get_u32(b, WRR_WRITTEN),
-                })
+                };
+                if op == Opcode::Write {
+                    Response::Write(w)
+                } else {
+                    Response::WriteBlocks(w)
+                }
             }
+            Opcode::ReadBlocks => Response::ReadBlocks(ReadBlocksReply::decode(b)?),
+            Opcode::Verify => Response::Verify(VerifyReply::decode(b)?),
+            Opcode::ScrubStatus => Response::ScrubStatus(ScrubStatusReply::decode(b)?),
             Opcode::Punch | Opcode::Zero | Opcode::Flush | Opcode::Remove => {
                 expect_len(op, b, 0)?;
                 match op {
@@ -1248,12 +1337,18 @@ impl Response {
                 }
             }
             Opcode::BrickStats => {
-                expect_len(op, b, BS_LEN)?;
+                if b.len() != BS_LEN_V1 {
+                    expect_len(op, b, BS_LEN)?;
+                }
                 let mut f = [0u64; BS_FIELDS];
                 for (i, v) in f.iter_mut().enumerate() {
                     *v = get_u64(b, i * 8);
                 }
-                Response::BrickStats(BrickStats::from_fields(f))
+                let mut stats = BrickStats::from_fields(f);
+                if b.len() == BS_LEN {
+                    stats.corrupt_blocks = get_u64(b, BS_CORRUPT);
+                }
+                Response::BrickStats(stats)
             }
             Opcode::Lease => Response::Lease(LeaseReply::decode(b)?),
             Opcode::Marks => Response::Marks(MarksReply::decode(b)?),

@@ -407,7 +407,83 @@ fn request() -> impl Strategy<Value = Request> {
         Just(Request::BrickStats),
         (any::<u32>(), object())
             .prop_map(|(volume, start)| Request::ListChunks(ListChunksReq { volume, start })),
+        write_blocks(),
+        (object(), any::<u64>(), any::<u32>(), data_ref()).prop_map(
+            |(object, offset, len, data)| {
+                Request::ReadBlocks(ReadReq {
+                    object,
+                    offset,
+                    len,
+                    data,
+                })
+            }
+        ),
+        (object(), any::<u64>(), any::<u32>()).prop_map(|(object, offset, len)| Request::Verify(
+            VerifyReq {
+                object,
+                offset,
+                len
+            }
+        )),
+        (any::<u32>(), SCRUB_GET..=SCRUB_PUT, scrub_counts()).prop_map(|(volume, op, counts)| {
+            Request::ScrubStatus(ScrubStatusReq { volume, op, counts })
+        }),
     ]
+}
+
+fn scrub_counts() -> impl Strategy<Value = ScrubCounts> {
+    any::<[u64; 7]>().prop_map(|f| ScrubCounts {
+        started: f[0],
+        finished: f[1],
+        chunks: f[2],
+        bytes: f[3],
+        corrupt: f[4],
+        repaired: f[5],
+        unrepairable: f[6],
+    })
+}
+
+/// A `WriteBlocks` whose CRC table has as many entries as its data has grid
+/// pieces (anything else is a body error).
+fn write_blocks() -> impl Strategy<Value = Request> {
+    (
+        object(),
+        0u64..1 << 40,
+        any::<u64>(),
+        0..=FLAG_FUA,
+        0u32..40_000,
+        0u8..3,
+        any::<u32>(),
+    )
+        .prop_flat_map(|(object, offset, epoch, flags, len, kind, seed)| {
+            let data = match kind {
+                0 => DataRef::None,
+                1 => DataRef::Inline { len },
+                _ => DataRef::Remote {
+                    addr: seed as u64,
+                    len,
+                    rkey: seed,
+                },
+            };
+            let count = if kind == 0 {
+                (seed % 8) as usize
+            } else {
+                block_count(offset, len as u64)
+            };
+            proptest::collection::vec(any::<u32>(), count).prop_map(move |crcs| {
+                Request::WriteBlocks(WriteBlocksReq {
+                    write: WriteReq {
+                        object,
+                        offset,
+                        epoch,
+                        flags,
+                        crc32c: 0,
+                        data,
+                    },
+                    crcs,
+                })
+            })
+        })
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -437,8 +513,14 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), config())
             .prop_map(|(generation, config)| Response::VolConfig(VolConfig { generation, config })),
         any::<u64>().prop_map(|generation| Response::VolConfigStored { generation }),
-        proptest::collection::vec(any::<u64>(), 9 + LATENCY_BUCKETS)
-            .prop_map(|f| Response::BrickStats(BrickStats::from_test_fields(f))),
+        (
+            proptest::collection::vec(any::<u64>(), 9 + LATENCY_BUCKETS),
+            any::<u64>()
+        )
+            .prop_map(|(f, corrupt)| Response::BrickStats(BrickStats {
+                corrupt_blocks: corrupt,
+                ..BrickStats::from_test_fields(f)
+            })),
         (
             0..=CHUNKS_MORE,
             proptest::collection::vec(
@@ -453,6 +535,16 @@ fn response() -> impl Strategy<Value = Response> {
             )
         )
             .prop_map(|(flags, chunks)| Response::ListChunks(ChunkList { flags, chunks })),
+        any::<u32>().prop_map(|written| Response::WriteBlocks(WriteReply { written })),
+        (data_ref(), proptest::collection::vec(any::<u32>(), 0..300))
+            .prop_map(|(data, crcs)| Response::ReadBlocks(ReadBlocksReply { data, crcs })),
+        (
+            any::<u32>(),
+            proptest::collection::vec(any::<u64>(), 0..300)
+        )
+            .prop_map(|(checked, bad)| Response::Verify(VerifyReply { checked, bad })),
+        (0..=SCRUB_FOUND, scrub_counts())
+            .prop_map(|(flags, counts)| Response::ScrubStatus(ScrubStatusReply { flags, counts })),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
@@ -519,6 +611,10 @@ proptest! {
         for (i, (mut req, n)) in reqs.into_iter().enumerate() {
             if let Some(d) = req.data_ref_mut() {
                 *d = DataRef::Inline { len: n as u32 };
+            }
+            if let Request::WriteBlocks(w) = &mut req {
+                // The CRC table follows the data it describes.
+                w.crcs.resize(block_count(w.write.offset, n as u64), 0);
             }
             bytes.extend(encode_request(i as u64, &req));
             bytes.extend(std::iter::repeat_n(0xa5, req.inline_data_len() as usize));
@@ -664,4 +760,190 @@ fn list_chunks_rejects_bad_bodies() {
         Response::decode(0x42, &bad, 0),
         Err(BodyError::TooLong { .. })
     ));
+}
+
+/// `WriteBlocks` body: 5000 inline bytes to (1, 2, 3) chunk 4 at 0xf00,
+/// epoch 7, FUA: pieces [0xf00, 0x1000), [0x1000, 0x2000), [0x2000, 0x2288),
+/// so three CRCs 0x11111111, 0x22222222, 0x33333333.
+#[rustfmt::skip]
+const WRITE_BLOCKS_BODY: [u8; 84] = [
+    0x01, 0x00, 0x00, 0x00,                         // object.volume 1
+    0x02, 0x00, 0x00, 0x00,                         // object.vnode 2
+    0x03, 0x00, 0x00, 0x00,                         // object.unique 3
+    0x00, 0x00, 0x00, 0x00,                         // object.reserved
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // object.chunk 4
+    0x00, 0x0f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // offset 0xf00
+    0x07, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // epoch 7
+    0x01, 0x00, 0x00, 0x00,                         // flags FUA
+    0x03, 0x00, 0x00, 0x00,                         // count 3
+    0x01, 0x00, 0x00, 0x00,                         // data.kind inline, reserved
+    0x88, 0x13, 0x00, 0x00,                         // data.len 5000
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // data.addr
+    0x00, 0x00, 0x00, 0x00,                         // data.rkey
+    0x00, 0x00, 0x00, 0x00,                         // data.reserved
+    0x11, 0x11, 0x11, 0x11,                         // crcs[0]
+    0x22, 0x22, 0x22, 0x22,                         // crcs[1]
+    0x33, 0x33, 0x33, 0x33,                         // crcs[2]
+];
+
+/// `ReadBlocks` reply body: 8192 inline bytes, CRCs 0xaabbccdd, 0x01020304.
+#[rustfmt::skip]
+const READ_BLOCKS_REPLY_BODY: [u8; 40] = [
+    0x01, 0x00, 0x00, 0x00,                         // data.kind inline, reserved
+    0x00, 0x20, 0x00, 0x00,                         // data.len 8192
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // data.addr
+    0x00, 0x00, 0x00, 0x00,                         // data.rkey
+    0x00, 0x00, 0x00, 0x00,                         // data.reserved
+    0x02, 0x00, 0x00, 0x00,                         // count 2
+    0x00, 0x00, 0x00, 0x00,                         // reserved
+    0xdd, 0xcc, 0xbb, 0xaa,                         // crcs[0]
+    0x04, 0x03, 0x02, 0x01,                         // crcs[1]
+];
+
+/// `Verify` body: (1, 2, 3) chunk 4, offset 0x2000, len 0x10000; and its
+/// reply: 16 blocks checked, one bad at 0x3000.
+#[rustfmt::skip]
+const VERIFY_BODY: [u8; 40] = [
+    0x01, 0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, // object.volume, vnode
+    0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // object.unique, reserved
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // object.chunk 4
+    0x00, 0x20, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // offset 0x2000
+    0x00, 0x00, 0x01, 0x00,                         // len 0x10000
+    0x00, 0x00, 0x00, 0x00,                         // reserved
+];
+#[rustfmt::skip]
+const VERIFY_REPLY_BODY: [u8; 16] = [
+    0x10, 0x00, 0x00, 0x00,                         // checked 16
+    0x01, 0x00, 0x00, 0x00,                         // count 1
+    0x00, 0x30, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // bad[0] 0x3000
+];
+
+#[test]
+fn integrity_fixtures() {
+    let object = ObjectId {
+        volume: 1,
+        vnode: 2,
+        unique: 3,
+        chunk: 4,
+    };
+    let wb = Request::WriteBlocks(WriteBlocksReq {
+        write: WriteReq {
+            object,
+            offset: 0xf00,
+            epoch: 7,
+            flags: FLAG_FUA,
+            crc32c: 0,
+            data: DataRef::Inline { len: 5000 },
+        },
+        crcs: vec![0x1111_1111, 0x2222_2222, 0x3333_3333],
+    });
+    let mut out = Vec::new();
+    wb.encode_body(&mut out);
+    assert_eq!(out, WRITE_BLOCKS_BODY);
+    assert_eq!(Request::decode(0x43, &WRITE_BLOCKS_BODY, 5000), Ok(wb));
+    // A table that does not match the data's pieces is a body error.
+    let mut bad = WRITE_BLOCKS_BODY.to_vec();
+    bad[44] = 2;
+    bad.truncate(80);
+    assert!(matches!(
+        Request::decode(0x43, &bad, 5000),
+        Err(BodyError::Length { .. })
+    ));
+    assert!(matches!(
+        Request::decode(0x43, &WRITE_BLOCKS_BODY[..83], 5000),
+        Err(BodyError::Length { .. })
+    ));
+
+    let rb = Response::ReadBlocks(ReadBlocksReply {
+        data: DataRef::Inline { len: 8192 },
+        crcs: vec![0xaabb_ccdd, 0x0102_0304],
+    });
+    let mut out = Vec::new();
+    rb.encode_body(&mut out);
+    assert_eq!(out, READ_BLOCKS_REPLY_BODY);
+    assert_eq!(
+        Response::decode(0x44, &READ_BLOCKS_REPLY_BODY, 8192),
+        Ok(rb)
+    );
+    let mut bad = READ_BLOCKS_REPLY_BODY;
+    bad[28] = 1;
+    assert!(matches!(
+        Response::decode(0x44, &bad, 8192),
+        Err(BodyError::Reserved { .. })
+    ));
+
+    let v = Request::Verify(VerifyReq {
+        object,
+        offset: 0x2000,
+        len: 0x1_0000,
+    });
+    let mut out = Vec::new();
+    v.encode_body(&mut out);
+    assert_eq!(out, VERIFY_BODY);
+    assert_eq!(Request::decode(0x45, &VERIFY_BODY, 0), Ok(v));
+    let vr = Response::Verify(VerifyReply {
+        checked: 16,
+        bad: vec![0x3000],
+    });
+    let mut out = Vec::new();
+    vr.encode_body(&mut out);
+    assert_eq!(out, VERIFY_REPLY_BODY);
+    assert_eq!(Response::decode(0x45, &VERIFY_REPLY_BODY, 0), Ok(vr));
+    assert_eq!(ErrorCode::from_code(14), ErrorCode::Corrupt);
+    assert_eq!(ErrorCode::Corrupt.code(), 14);
+}
+
+#[test]
+fn brick_stats_of_an_older_brick_still_decode() {
+    let mut body = Vec::new();
+    Response::BrickStats(BrickStats {
+        requests: 5,
+        corrupt_blocks: 3,
+        ..BrickStats::default()
+    })
+    .encode_body(&mut body);
+    assert_eq!(body.len(), 272);
+    assert_eq!(&body[264..], &3u64.to_le_bytes());
+    let Ok(Response::BrickStats(old)) = Response::decode(0x30, &body[..264], 0) else {
+        panic!("a 264-byte reply must decode");
+    };
+    assert_eq!((old.requests, old.corrupt_blocks), (5, 0));
+}
+
+#[test]
+fn scrub_status_fixture() {
+    let counts = ScrubCounts {
+        started: 1,
+        finished: 2,
+        chunks: 3,
+        bytes: 4,
+        corrupt: 5,
+        repaired: 6,
+        unrepairable: 7,
+    };
+    let mut want = vec![9, 0, 0, 0, 2, 0, 0, 0]; // volume 9, op PUT
+    for v in 1u8..=7 {
+        want.extend_from_slice(&[v, 0, 0, 0, 0, 0, 0, 0]);
+    }
+    let req = Request::ScrubStatus(ScrubStatusReq {
+        volume: 9,
+        op: SCRUB_PUT,
+        counts,
+    });
+    let mut out = Vec::new();
+    req.encode_body(&mut out);
+    assert_eq!(out, want);
+    assert_eq!(Request::decode(0x46, &want, 0), Ok(req));
+    let mut bad = want.clone();
+    bad[4] = 3;
+    assert!(Request::decode(0x46, &bad, 0).is_err());
+    let mut reply = vec![1, 0, 0, 0, 0, 0, 0, 0]; // FOUND, reserved
+    reply.extend_from_slice(&want[8..]);
+    assert_eq!(
+        Response::decode(0x46, &reply, 0),
+        Ok(Response::ScrubStatus(ScrubStatusReply {
+            flags: SCRUB_FOUND,
+            counts
+        }))
+    );
 }
