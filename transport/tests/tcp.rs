@@ -166,7 +166,15 @@ impl Handler for MemStore {
                 Request::Hello(_) | Request::Auth(_) => {
                     Response::error(ErrorCode::Invalid, "handshake reached the handler")
                 }
-                Request::Lease(_) | Request::Marks(_) | Request::ListChunks(_) => {
+                Request::Lease(_)
+                | Request::Marks(_)
+                | Request::ListChunks(_)
+                | Request::RecordGet(_)
+                | Request::RecordList(_)
+                | Request::RecordCommit(_)
+                | Request::RecordChanges(_)
+                | Request::RecordHead(_)
+                | Request::RecordSync(_) => {
                     Response::error(ErrorCode::Unsupported, "not served by the test store")
                 }
             }

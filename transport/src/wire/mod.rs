@@ -40,10 +40,12 @@
 mod chunks;
 mod ha;
 mod msg;
+mod records;
 
 pub use chunks::*;
 pub use ha::*;
 pub use msg::*;
+pub use records::*;
 
 use thiserror::Error;
 

@@ -12,6 +12,10 @@
 
 use super::chunks::{ChunkList, ListChunksReq};
 use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
+use super::records::{
+    RecordChangesReply, RecordChangesReq, RecordCommitReply, RecordCommitReq, RecordGetReply,
+    RecordGetReq, RecordHeadReply, RecordHeadReq, RecordListReply, RecordListReq, RecordSyncReq,
+};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
 
@@ -40,6 +44,18 @@ pub enum Opcode {
     Marks = 0x41,
     /// The chunks of a volume a brick holds (see `wire::chunks`).
     ListChunks = 0x42,
+    /// One versioned record (see `wire::records`).
+    RecordGet = 0x50,
+    /// Records by key prefix, in key order.
+    RecordList = 0x51,
+    /// Guarded all-or-nothing changes of records.
+    RecordCommit = 0x52,
+    /// The change feed (long poll).
+    RecordChanges = 0x53,
+    /// A brick's record log head; ballot promises.
+    RecordHead = 0x54,
+    /// Heal: make a brick's records equal to a good brick's.
+    RecordSync = 0x55,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -65,6 +81,12 @@ impl Opcode {
             0x40 => Lease,
             0x41 => Marks,
             0x42 => ListChunks,
+            0x50 => RecordGet,
+            0x51 => RecordList,
+            0x52 => RecordCommit,
+            0x53 => RecordChanges,
+            0x54 => RecordHead,
+            0x55 => RecordSync,
             0x7f => Error,
             _ => return None,
         })
@@ -720,6 +742,12 @@ pub enum Request {
     Lease(LeaseReq),
     Marks(MarksReq),
     ListChunks(ListChunksReq),
+    RecordGet(RecordGetReq),
+    RecordList(RecordListReq),
+    RecordCommit(RecordCommitReq),
+    RecordChanges(RecordChangesReq),
+    RecordHead(RecordHeadReq),
+    RecordSync(RecordSyncReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
@@ -746,6 +774,12 @@ pub enum Response {
     Lease(LeaseReply),
     Marks(MarksReply),
     ListChunks(ChunkList),
+    RecordGet(RecordGetReply),
+    RecordList(RecordListReply),
+    RecordCommit(RecordCommitReply),
+    RecordChanges(RecordChangesReply),
+    RecordHead(RecordHeadReply),
+    RecordSync(RecordHeadReply),
     Error(ErrorReply),
 }
 
@@ -868,6 +902,12 @@ impl Request {
             Request::Lease(_) => Opcode::Lease,
             Request::Marks(_) => Opcode::Marks,
             Request::ListChunks(_) => Opcode::ListChunks,
+            Request::RecordGet(_) => Opcode::RecordGet,
+            Request::RecordList(_) => Opcode::RecordList,
+            Request::RecordCommit(_) => Opcode::RecordCommit,
+            Request::RecordChanges(_) => Opcode::RecordChanges,
+            Request::RecordHead(_) => Opcode::RecordHead,
+            Request::RecordSync(_) => Opcode::RecordSync,
         }
     }
 
@@ -949,6 +989,12 @@ impl Request {
             Request::Lease(l) => l.encode(out),
             Request::Marks(m) => m.encode(out),
             Request::ListChunks(l) => l.encode(out),
+            Request::RecordGet(r) => r.encode(out),
+            Request::RecordList(r) => r.encode(out),
+            Request::RecordCommit(r) => r.encode(out),
+            Request::RecordChanges(r) => r.encode(out),
+            Request::RecordHead(r) => r.encode(out),
+            Request::RecordSync(r) => r.encode(out),
         }
     }
 
@@ -1040,6 +1086,12 @@ impl Request {
             Opcode::Lease => Request::Lease(LeaseReq::decode(b)?),
             Opcode::Marks => Request::Marks(MarksReq::decode(b)?),
             Opcode::ListChunks => Request::ListChunks(ListChunksReq::decode(b)?),
+            Opcode::RecordGet => Request::RecordGet(RecordGetReq::decode(b)?),
+            Opcode::RecordList => Request::RecordList(RecordListReq::decode(b)?),
+            Opcode::RecordCommit => Request::RecordCommit(RecordCommitReq::decode(b)?),
+            Opcode::RecordChanges => Request::RecordChanges(RecordChangesReq::decode(b)?),
+            Opcode::RecordHead => Request::RecordHead(RecordHeadReq::decode(b)?),
+            Opcode::RecordSync => Request::RecordSync(RecordSyncReq::decode(b)?),
             Opcode::Error => return Err(BodyError::NotARequest { opcode: op }),
         };
         check_data_len(op, data_len, req.inline_data_len())?;
@@ -1067,6 +1119,12 @@ impl Response {
             Response::Lease(_) => Opcode::Lease,
             Response::Marks(_) => Opcode::Marks,
             Response::ListChunks(_) => Opcode::ListChunks,
+            Response::RecordGet(_) => Opcode::RecordGet,
+            Response::RecordList(_) => Opcode::RecordList,
+            Response::RecordCommit(_) => Opcode::RecordCommit,
+            Response::RecordChanges(_) => Opcode::RecordChanges,
+            Response::RecordHead(_) => Opcode::RecordHead,
+            Response::RecordSync(_) => Opcode::RecordSync,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1151,6 +1209,11 @@ impl Response {
             Response::Lease(l) => l.encode(out),
             Response::Marks(m) => m.encode(out),
             Response::ListChunks(l) => l.encode(out),
+            Response::RecordGet(r) => r.encode(out),
+            Response::RecordList(r) => r.encode(out),
+            Response::RecordCommit(r) => r.encode(out),
+            Response::RecordChanges(r) => r.encode(out),
+            Response::RecordHead(r) | Response::RecordSync(r) => r.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1258,6 +1321,12 @@ impl Response {
             Opcode::Lease => Response::Lease(LeaseReply::decode(b)?),
             Opcode::Marks => Response::Marks(MarksReply::decode(b)?),
             Opcode::ListChunks => Response::ListChunks(ChunkList::decode(b)?),
+            Opcode::RecordGet => Response::RecordGet(RecordGetReply::decode(b)?),
+            Opcode::RecordList => Response::RecordList(RecordListReply::decode(b)?),
+            Opcode::RecordCommit => Response::RecordCommit(RecordCommitReply::decode(b)?),
+            Opcode::RecordChanges => Response::RecordChanges(RecordChangesReply::decode(b)?),
+            Opcode::RecordHead => Response::RecordHead(RecordHeadReply::decode(op, b)?),
+            Opcode::RecordSync => Response::RecordSync(RecordHeadReply::decode(op, b)?),
             Opcode::Error => {
                 if b.len() < ER_FIXED {
                     return Err(BodyError::Length {
