@@ -12,6 +12,7 @@
 pub mod layout;
 pub mod lease;
 pub mod marks;
+pub mod records;
 pub mod server;
 pub mod stats;
 
