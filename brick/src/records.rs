@@ -679,6 +679,9 @@ impl Records {
         if r.session == 0 {
             return Err((ErrorCode::Invalid, "sync session 0 is reserved".into()));
         }
+        if r.ballot < v.meta.promised {
+            return refused(v);
+        }
         let reset = r.flags & SYNC_BEGIN != 0 && r.flags & SYNC_RESET != 0;
         if r.flags & SYNC_BEGIN != 0 {
             if !reset && v.meta.head != r.base {
@@ -690,6 +693,7 @@ impl Records {
         let finish = r.flags & SYNC_FINISH != 0;
         let mut meta = Meta {
             syncing: true,
+            promised: v.meta.promised.max(r.ballot),
             ..v.meta
         };
         if reset {

@@ -346,6 +346,7 @@ fn sync_sessions_copy_records_and_head() {
             volume: VOL,
             flags,
             session,
+            ballot: 2,
             base,
             head: sh.id,
             head_ballot: sh.ballot,
@@ -388,6 +389,21 @@ fn sync_sessions_copy_records_and_head() {
     assert!(!r.refused && !r.head.syncing());
     assert_eq!(r.head.id, sh.id);
     assert_eq!(all(&dst), all(&src));
+    // A healer under a lower ballot than promised is refused.
+    assert!(
+        dst.sync(&RecordSyncReq {
+            volume: VOL,
+            flags: SYNC_BEGIN | SYNC_RESET,
+            session: 9,
+            ballot: 1,
+            base: CommitId::default(),
+            head: sh.id,
+            head_ballot: sh.ballot,
+            entries: Vec::new(),
+        })
+        .expect("sync")
+        .refused
+    );
     // The synced brick takes the source's next commit.
     let c = commit(&src, 2, vec![put("c", RecordExpect::Absent, "4")]);
     let c2 = dst

@@ -1093,18 +1093,22 @@ const SYNC_FLAGS: u32 = SYNC_BEGIN | SYNC_RESET | SYNC_FINISH;
 /// or absent), so a page applied twice changes nothing.
 ///
 /// ```text
-///  0        4       8         16         24         32         40         48            56      60         64
-///  +--------+-------+---------+----------+----------+----------+----------+-------------+-------+----------+-----------+
-///  | volume | flags | session | base_seq | base_tag | head_seq | head_tag | head_ballot | count | reserved | entries   |
-///  |  u32   |  u32  |   u64   |   u64    |   u64    |   u64    |   u64    |     u64     |  u32  |  u32=0   | [count]   |
-///  +--------+-------+---------+----------+----------+----------+----------+-------------+-------+----------+-----------+
+///  0        4       8         16       24         32         40         48         56            64      68         72
+///  +--------+-------+---------+--------+----------+----------+----------+----------+-------------+-------+----------+-----------+
+///  | volume | flags | session | ballot | base_seq | base_tag | head_seq | head_tag | head_ballot | count | reserved | entries   |
+///  |  u32   |  u32  |   u64   |  u64   |   u64    |   u64    |   u64    |   u64    |     u64     |  u32  |  u32=0   | [count]   |
+///  +--------+-------+---------+--------+----------+----------+----------+----------+-------------+-------+----------+-----------+
 /// ```
-/// Without `SYNC_BEGIN` the brick must be in session `session`.
+/// Without `SYNC_BEGIN` the brick must be in session `session`. `ballot`
+/// is the healer's (promised first, like a sequencer's): a brick that
+/// promised a higher one refuses the page, so a healer that lost its
+/// ballot can never roll back commits a newer sequencer made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordSyncReq {
     pub volume: u32,
     pub flags: u32,
     pub session: u64,
+    pub ballot: u64,
     pub base: CommitId,
     pub head: CommitId,
     pub head_ballot: u64,
@@ -1113,15 +1117,16 @@ pub struct RecordSyncReq {
 const SY_VOLUME: usize = 0;
 const SY_FLAGS: usize = 4;
 const SY_SESSION: usize = 8;
-const SY_BASE_SEQ: usize = 16;
-const SY_BASE_TAG: usize = 24;
-const SY_HEAD_SEQ: usize = 32;
-const SY_HEAD_TAG: usize = 40;
-const SY_HEAD_BALLOT: usize = 48;
-const SY_COUNT: usize = 56;
-const SY_RESERVED: usize = 60;
+const SY_BALLOT: usize = 16;
+const SY_BASE_SEQ: usize = 24;
+const SY_BASE_TAG: usize = 32;
+const SY_HEAD_SEQ: usize = 40;
+const SY_HEAD_TAG: usize = 48;
+const SY_HEAD_BALLOT: usize = 56;
+const SY_COUNT: usize = 64;
+const SY_RESERVED: usize = 68;
 /// Fixed part of a `RecordSync` request.
-pub const RECORD_SYNC_FIXED: usize = 64;
+pub const RECORD_SYNC_FIXED: usize = 72;
 
 impl RecordSyncReq {
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
@@ -1129,6 +1134,7 @@ impl RecordSyncReq {
         put_u32(&mut b, SY_VOLUME, self.volume);
         put_u32(&mut b, SY_FLAGS, self.flags);
         put_u64(&mut b, SY_SESSION, self.session);
+        put_u64(&mut b, SY_BALLOT, self.ballot);
         put_u64(&mut b, SY_BASE_SEQ, self.base.seq);
         put_u64(&mut b, SY_BASE_TAG, self.base.tag);
         put_u64(&mut b, SY_HEAD_SEQ, self.head.seq);
@@ -1153,6 +1159,7 @@ impl RecordSyncReq {
             volume: get_u32(b, SY_VOLUME),
             flags: fl,
             session: get_u64(b, SY_SESSION),
+            ballot: get_u64(b, SY_BALLOT),
             base: CommitId {
                 seq: get_u64(b, SY_BASE_SEQ),
                 tag: get_u64(b, SY_BASE_TAG),

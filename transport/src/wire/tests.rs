@@ -490,18 +490,19 @@ fn record_request() -> impl Strategy<Value = Request> {
         (
             any::<u32>(),
             0..8u32,
-            any::<u64>(),
+            (any::<u64>(), any::<u64>()),
             commit_id(),
             commit_id(),
             any::<u64>(),
             proptest::collection::vec(entry(), 0..6)
         )
             .prop_map(
-                |(volume, flags, session, base, head, head_ballot, entries)| {
+                |(volume, flags, (session, ballot), base, head, head_ballot, entries)| {
                     Request::RecordSync(RecordSyncReq {
                         volume,
                         flags,
                         session,
+                        ballot,
                         base,
                         head,
                         head_ballot,
