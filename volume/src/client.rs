@@ -17,6 +17,8 @@ use transport::{ClientOptions, Secret};
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
+use crate::records::RecordStore;
+use crate::records_replicated::ReplicatedRecords;
 use crate::replicate::Replicate;
 use crate::spec::VolumeSpec;
 use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator};
@@ -34,6 +36,7 @@ pub struct Client {
     links: Vec<Arc<BrickLink>>,
     sets: Vec<Arc<Replicate>>,
     root: Arc<dyn Translator>,
+    records: Arc<ReplicatedRecords>,
 }
 
 impl std::fmt::Debug for Client {
@@ -110,6 +113,8 @@ impl Client {
                 break o;
             }
         };
+        // The namespace lives on the first set.
+        let records = Arc::new(ReplicatedRecords::new(&spec, links[..n].to_vec(), owner)?);
         let mut sets = Vec::new();
         for s in 0..spec.set_count() {
             let set_links = links[s * n..(s + 1) * n].to_vec();
@@ -130,6 +135,7 @@ impl Client {
             links,
             sets,
             root,
+            records,
         })
     }
 
@@ -141,6 +147,17 @@ impl Client {
     /// The top of the translator stack.
     pub fn translator(&self) -> Arc<dyn Translator> {
         self.root.clone()
+    }
+
+    /// The volume's namespace records (on the bricks of the first set,
+    /// replicated with the volume's quorum, commits in one order).
+    pub fn records(&self) -> Arc<dyn RecordStore> {
+        self.records.clone()
+    }
+
+    /// The same store with its heal and info calls.
+    pub fn replicated_records(&self) -> &Arc<ReplicatedRecords> {
+        &self.records
     }
 
     /// The replica sets, in set order.
