@@ -126,6 +126,18 @@ async fn assert_identical(pool: &Pool, volume: u32) -> Vec<(Vec<u8>, u64, Vec<u8
     first
 }
 
+/// Waits until every client's link to brick `i` is up again (the
+/// transport reconnects in the background).
+async fn wait_up(clients: &[&Client], i: usize) {
+    for _ in 0..1500 {
+        if clients.iter().all(|c| c.links()[i].is_up()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("brick {i} did not come back for the clients in 30 s");
+}
+
 /// One round: both clients try to move `k` from `version` with a guard;
 /// returns which one won.
 async fn race(r: [&dyn RecordStore; 2], round: usize, version: u64) -> usize {
@@ -172,21 +184,35 @@ async fn racing_guarded_commits_one_winner_identical_replicas_through_a_brick_ki
     let volume = c1.spec().id;
     let (r1, r2) = (c1.records(), c2.records());
     let stores: [&dyn RecordStore; 2] = [&*r1, &*r2];
-    let rounds = 36;
+    let rounds = 60;
     let mut winners = Vec::new();
     for round in 0..rounds {
-        if round == 12 {
-            pool.bricks[2].take().expect("brick 2").kill9();
-        }
-        if round == 24 {
-            // Back on its address: the clients reconnect and bring it in
-            // step before they commit to it; heal does it too.
-            let addr = c1.spec().bricks[2].clone();
-            pool.bricks[2] = Some(BrickProcess::start(&pool.dirs[2], &addr));
-            let healed = ok(pool.volume(0, &["heal", "ns"]));
-            assert!(healed.contains("records at commit"), "{healed}");
-        }
-        let w = race(stores, round, round as u64).await;
+        let w = match round {
+            // SIGKILL a brick while both commits are in flight.
+            12 | 44 => {
+                let i = if round == 12 { 2 } else { 0 };
+                let brick = pool.bricks[i].take().expect("brick");
+                let kill = tokio::task::spawn_blocking(move || brick.kill9());
+                let (w, k) = tokio::join!(race(stores, round, round as u64), kill);
+                k.expect("kill");
+                w
+            }
+            // Back on its address. Once the clients see it, the next
+            // sequencer brings it in step before committing to it.
+            24 | 52 => {
+                let i = if round == 24 { 2 } else { 0 };
+                let addr = c1.spec().bricks[i].clone();
+                pool.bricks[i] = Some(BrickProcess::start(&pool.dirs[i], &addr));
+                wait_up(&[&c1, &c2], i).await;
+                race(stores, round, round as u64).await
+            }
+            36 => {
+                let healed = ok(pool.volume(1, &["heal", "ns"]));
+                assert!(healed.contains("records at commit"), "{healed}");
+                race(stores, round, round as u64).await
+            }
+            _ => race(stores, round, round as u64).await,
+        };
         winners.push(w);
         // The winner's value is what both clients read.
         for r in stores {
@@ -202,10 +228,6 @@ async fn racing_guarded_commits_one_winner_identical_replicas_through_a_brick_ki
         assert_eq!(k, format!("log/{i:03}").as_bytes());
         assert_eq!(rec.value, format!("{}", winners[i]).into_bytes());
     }
-    // Whatever a brick may have missed in the last rounds, a heal brings
-    // it in step; then every brick holds the very same records.
-    let healed = ok(pool.volume(2, &["heal", "ns"]));
-    assert!(healed.contains("records at commit"), "{healed}");
     let info = ok(pool.volume(1, &["heal", "ns", "info"]));
     assert_eq!(
         info.matches("backlog 0 commits").count(),
@@ -264,10 +286,32 @@ async fn committed_records_survive_sigkill_of_every_brick() {
     assert_eq!((got.version, got.value), (2, b"changed".to_vec()));
     assert_eq!(r.get(b"dir/01").await.expect("get"), None);
     assert_eq!(r.list(b"dir/", b"", 100).await.expect("list").len(), 19);
+    // A long poll from one client returns with another client's commit.
+    let c2 = connect(&pool, "keep").await;
+    let r2 = c2.records();
+    let poll = async {
+        let mut since = s;
+        for _ in 0..3 {
+            let (changes, newest) = r.changes(since, 10, 1500).await.expect("poll");
+            if !changes.is_empty() {
+                return (changes, newest);
+            }
+            since = newest.max(since);
+        }
+        panic!("no change came in three polls");
+    };
+    let (polled, committed) =
+        tokio::join!(poll, r2.commit(vec![put("dir/poll", Expect::Absent, "p")]));
+    let committed = committed.expect("commit from the second client");
+    assert_eq!(polled.0.len(), 1);
+    assert_eq!(polled.0[0].key, b"dir/poll".to_vec());
+    assert!(polled.0[0].seq <= committed && polled.1 >= polled.0[0].seq);
+    c2.close().await;
     // The change feed after the restart still answers from the last seq.
-    let (changes, newest) = r.changes(s - 1, 10, 0).await.expect("changes");
-    assert_eq!(newest, s);
-    assert_eq!(changes.len(), 2);
+    let (changes, _) = r.changes(s - 1, 10, 0).await.expect("changes");
+    let keys: Vec<&[u8]> = changes.iter().map(|c| c.key.as_slice()).collect();
+    assert_eq!(&keys[..2], &[b"dir/00".as_slice(), b"dir/01".as_slice()]);
+    assert!(changes[..2].iter().all(|c| c.seq == s));
     // And commits go on on top of it.
     r.commit(vec![put("dir/20", Expect::Absent, "new")])
         .await

@@ -627,7 +627,9 @@ impl Records {
                 });
             }
         }
-        if out.is_empty() && r.since >= v.meta.head.seq {
+        // Commits without keys (a sequencer's empty commit) are no change
+        // to wait out: a poll keeps waiting through them.
+        if out.is_empty() {
             return None;
         }
         Some(reply(FeedStatus::Ok, out))
