@@ -573,6 +573,7 @@ impl ReplicatedRecords {
             .fan_out(&targets, |_| Request::RecordCommit(req.clone()))
             .await;
         let mut applied = vec![false; up.len()];
+        let mut judged = vec![false; up.len()];
         let mut conflict = None;
         let mut stale = false;
         let mut unsure = false;
@@ -580,7 +581,10 @@ impl ReplicatedRecords {
             match a {
                 Ok(Response::RecordCommit(c)) => match c.outcome {
                     CommitOutcome::Applied => applied[i] = true,
-                    CommitOutcome::Conflict { index, found } => conflict = Some((index, found)),
+                    CommitOutcome::Conflict { index, found } => {
+                        judged[i] = true;
+                        conflict = Some((index, found));
+                    }
                     CommitOutcome::HeadMismatch => g.in_step[i] = false,
                     CommitOutcome::StaleBallot => stale = true,
                 },
@@ -620,8 +624,12 @@ impl ReplicatedRecords {
             return Ok(Sent::Unsure(new));
         }
         if let Some((index, found)) = conflict {
-            // Every brick that judged it was at our head: they agree.
-            return Ok(Sent::Conflict(index, found));
+            // Bricks at one head judge alike; but a brick a newer
+            // sequencer never reached may still be at our old head, so
+            // only a quorum's judgement is the log's.
+            if self.quorum.met(&judged) {
+                return Ok(Sent::Conflict(index, found));
+            }
         }
         g.ballot = 0;
         if unsure {
