@@ -479,6 +479,15 @@ impl ReplicatedRecords {
                 }
             }
         }
+        // The reads above checked the source's head seq; that its head is
+        // still the very commit and no newer sequencer reached it since
+        // says they all saw the records at `auth`.
+        let again = self.heads(&[src], HeadOp::Query, 0).await;
+        match again.first() {
+            Some((_, _, h)) if h.id == auth.id && h.promised <= ballot && !h.syncing() => {}
+            Some(_) => return Err(LeadFail::Contended),
+            None => return Err(bad("the source did not answer".into())),
+        }
         // Pages, one RVM transaction each; the last one sets the head.
         let mut pages: Vec<Vec<RecordEntry>> = vec![Vec::new()];
         let mut size = 0;
@@ -681,11 +690,13 @@ impl ReplicatedRecords {
                 )
                 .await;
             if let Ok(Response::RecordChanges(c)) = r {
-                return match c.status {
-                    FeedStatus::Ok => Some(true),
-                    FeedStatus::Diverged => Some(false),
-                    FeedStatus::Gap => None,
-                };
+                match c.status {
+                    FeedStatus::Ok => return Some(true),
+                    FeedStatus::Diverged => return Some(false),
+                    // A brick brought in step lately: its feed starts at
+                    // its sync; another may reach back further.
+                    FeedStatus::Gap => {}
+                }
             }
         }
         None

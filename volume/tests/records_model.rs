@@ -1,7 +1,8 @@
 //! `ReplicatedRecords` against a reference model: three clients commit
 //! random guarded changes (some with stale guards, some at the same time)
 //! on a replica-3 set of in-process bricks while links between clients and
-//! bricks are cut and restored at random. Every acknowledged commit must
+//! bricks are cut (or lose the replies of commits the bricks applied) and
+//! restored at random. Every acknowledged commit must
 //! match the model (its guards held there, and it applied there), every
 //! conflict must be one the model sees too, and a commit that failed
 //! otherwise must either be in the log or never be (its marker key tells,
@@ -11,18 +12,116 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use common::{client_opts, cut_links, spec, Cut, InBrick, Pool};
+use common::{client_opts, spec, InBrick, Pool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 use transport::wire::{RecordListReq, LIST_MORE};
-use transport::{Payload, Request, Response, TcpClient};
+use transport::{
+    BoxFuture, Channel, ConnState, Payload, Request, Response, Secret, TcpClient, TransportError,
+};
+use volume::link::BrickLink;
 use volume::records::{Expect, RecordError, RecordOp, RecordStore};
 use volume::records_replicated::ReplicatedRecords;
 use volume::VolumeKind;
 
-const SEEDS: u64 = 6;
+const SEEDS: u64 = 4;
+
+const FINE: u8 = 0;
+/// Calls fail before they are sent; the link reads down.
+const CUT: u8 = 1;
+/// Commits are sent and applied but their replies are lost.
+const LOSSY: u8 = 2;
+
+/// A link a test can cut, or make lose commit replies.
+struct Faulty {
+    inner: TcpClient,
+    mode: AtomicU8,
+    state: watch::Sender<ConnState>,
+}
+
+impl Faulty {
+    fn set(&self, mode: u8) {
+        let was = self.mode.swap(mode, Ordering::SeqCst);
+        let st = if mode == CUT {
+            ConnState::Down
+        } else {
+            ConnState::Up
+        };
+        if (was == CUT) != (mode == CUT) {
+            self.state.send_replace(st);
+        }
+    }
+}
+
+impl Channel for Faulty {
+    fn call(
+        &self,
+        req: Request,
+        payload: Payload,
+    ) -> BoxFuture<'_, Result<(Response, Payload), TransportError>> {
+        Box::pin(async move {
+            let opcode = req.opcode();
+            let lost = || TransportError::ConnectionLost {
+                opcode,
+                request_id: 0,
+                peer: self.inner.peer().to_owned(),
+            };
+            match self.mode.load(Ordering::SeqCst) {
+                CUT => Err(TransportError::NotConnected {
+                    opcode,
+                    peer: self.inner.peer().to_owned(),
+                    state: ConnState::Down,
+                }),
+                LOSSY if matches!(req, Request::RecordCommit(_)) => {
+                    let _ = self.inner.call(req, payload).await;
+                    Err(lost())
+                }
+                _ => self.inner.call(req, payload).await,
+            }
+        })
+    }
+
+    fn state(&self) -> ConnState {
+        if self.mode.load(Ordering::SeqCst) == CUT {
+            ConnState::Down
+        } else {
+            self.inner.state()
+        }
+    }
+
+    fn watch_state(&self) -> watch::Receiver<ConnState> {
+        self.state.subscribe()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.inner.close())
+    }
+}
+
+async fn faulty_links(
+    addrs: &[String],
+    secret: &Secret,
+) -> (Vec<Arc<BrickLink>>, Vec<Arc<Faulty>>) {
+    let mut links = Vec::new();
+    let mut chans = Vec::new();
+    for a in addrs {
+        let inner = TcpClient::connect(a, secret.clone(), client_opts())
+            .await
+            .expect("connect");
+        let f = Arc::new(Faulty {
+            inner,
+            mode: AtomicU8::new(FINE),
+            state: watch::channel(ConnState::Up).0,
+        });
+        links.push(BrickLink::with_channel(a, f.clone() as Arc<dyn Channel>));
+        chans.push(f);
+    }
+    (links, chans)
+}
 const STEPS: usize = 120;
 const CLIENTS: usize = 3;
 const KEYS: usize = 6;
@@ -91,7 +190,7 @@ fn random_ops(rng: &mut StdRng, m: &Model, keys: &[String], marker: String) -> V
 
 struct World {
     stores: Vec<Arc<ReplicatedRecords>>,
-    cuts: Vec<Vec<Arc<Cut>>>,
+    cuts: Vec<Vec<Arc<Faulty>>>,
     model: Model,
     markers: u64,
 }
@@ -99,7 +198,7 @@ struct World {
 impl World {
     fn restore_all(&self) {
         for c in self.cuts.iter().flatten() {
-            c.restore();
+            c.set(FINE);
         }
     }
 
@@ -224,7 +323,7 @@ async fn run(seed: u64) {
         markers: 0,
     };
     for c in 0..CLIENTS {
-        let (links, cuts) = cut_links(&addrs, &pool.secret).await;
+        let (links, cuts) = faulty_links(&addrs, &pool.secret).await;
         w.stores.push(Arc::new(
             ReplicatedRecords::new(&spec, links, 100 + c as u64).expect("store"),
         ));
@@ -235,12 +334,12 @@ async fn run(seed: u64) {
     for step in 0..STEPS {
         // Faults: cut or restore one client's link to one brick.
         if rng.gen_range(0..4) == 0 {
-            let cut = &w.cuts[rng.gen_range(0..CLIENTS)][rng.gen_range(0..3)];
-            if rng.gen_bool(0.5) {
-                cut.cut();
-            } else {
-                cut.restore();
-            }
+            let link = &w.cuts[rng.gen_range(0..CLIENTS)][rng.gen_range(0..3)];
+            link.set(match rng.gen_range(0..4) {
+                0 => CUT,
+                1 => LOSSY,
+                _ => FINE,
+            });
         }
         if rng.gen_range(0..5) == 0 {
             // Two clients at once, on disjoint keys (both may succeed).
@@ -261,7 +360,11 @@ async fn run(seed: u64) {
                         model_apply(&mut w.model, &ops);
                     }
                     Err(RecordError::Conflict { key, found, .. }) => {
-                        assert_eq!(model_conflict(&w.model, &ops), Some((key, found)));
+                        assert_eq!(
+                            model_conflict(&w.model, &ops),
+                            Some((key, found)),
+                            "seed {seed} step {step}: {ops:?}"
+                        );
                     }
                     Err(_) => w.settle(&ops).await,
                 }
