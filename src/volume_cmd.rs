@@ -221,6 +221,17 @@ async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> 
                 );
             }
             println!("Regions in split-brain: {}", info.split_brain.len());
+            for r in &info.records {
+                match r.backlog {
+                    Some(n) => println!(
+                        "Records on {}: head {}, backlog {n} commits{}",
+                        r.brick,
+                        r.head_seq.unwrap_or(0),
+                        if r.syncing { " (sync under way)" } else { "" }
+                    ),
+                    None => println!("Records on {}: offline", r.brick),
+                }
+            }
             if info.incomplete {
                 println!("(some brick could not be asked: the picture may be incomplete)");
             }
@@ -290,6 +301,21 @@ async fn heal(spec: &VolumeSpec, secret: Secret, args: &[String]) -> Result<()> 
         report.regions_skipped,
         report.split_brain.len()
     );
+    if let Some(r) = &report.records {
+        println!(
+            "volume heal: {name}: records at commit {}, {} bricks brought in step{}",
+            r.head.seq,
+            r.synced.len(),
+            if r.down.is_empty() {
+                String::new()
+            } else {
+                format!(", {} down", r.down.len())
+            }
+        );
+    }
+    if let Some(e) = &report.records_error {
+        println!("volume heal: {name}: records not healed: {e}");
+    }
     if !report.split_brain.is_empty() {
         println!("see: stretto volume heal {name} info split-brain");
     }

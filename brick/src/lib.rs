@@ -13,6 +13,7 @@ pub mod integrity;
 pub mod layout;
 pub mod lease;
 pub mod marks;
+pub mod records;
 pub mod server;
 pub mod stats;
 

@@ -30,6 +30,7 @@ use crate::integrity::Integrity;
 use crate::layout::{self, BrickDir, BrickInfo};
 use crate::lease::Leases;
 use crate::marks::Marks;
+use crate::records::Records;
 use crate::stats::{Counters, StatsReport};
 use crate::BrickError;
 
@@ -62,6 +63,7 @@ pub struct Brick {
     /// Per-block CRC tables beside the data, and the locks that keep them
     /// in step with it.
     integrity: Integrity,
+    records: Records,
     counters: Counters,
 }
 
@@ -127,6 +129,7 @@ impl Brick {
         let scrubs = PMap::open_or_create(&rvm, SCRUB_ROOT).map_err(rvm_err)?;
         let leases = Leases::open(rvm.clone()).map_err(rvm_err)?;
         let marks = Marks::open(rvm.clone()).map_err(rvm_err)?;
+        let records = Records::open(rvm.clone()).map_err(rvm_err)?;
         let store =
             ObjectStore::open(dir, meta.clone(), StoreOptions::default()).map_err(|source| {
                 BrickError::Store {
@@ -150,6 +153,7 @@ impl Brick {
             scrubs,
             leases,
             marks,
+            records,
             counters: Counters::default(),
         })
     }
@@ -157,6 +161,11 @@ impl Brick {
     /// The brick's identity.
     pub fn info(&self) -> &BrickInfo {
         &self.info
+    }
+
+    /// The namespace records (for in-process use and tests).
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     /// The object store (for in-process use, e.g. benchmarks).
@@ -534,6 +543,21 @@ impl Brick {
                 Err((code, msg)) => err(code, msg),
             },
             Request::ListChunks(l) => self.list_chunks(&l),
+            Request::RecordGet(r) => Response::RecordGet(self.records.get(&r)),
+            Request::RecordList(r) => Response::RecordList(self.records.list(&r)),
+            Request::RecordCommit(r) => match self.records.commit(&r) {
+                Ok(reply) => Response::RecordCommit(reply),
+                Err((code, msg)) => err(code, msg),
+            },
+            Request::RecordChanges(r) => Response::RecordChanges(self.records.changes(&r).await),
+            Request::RecordHead(r) => match self.records.head(&r) {
+                Ok(reply) => Response::RecordHead(reply),
+                Err((code, msg)) => err(code, msg),
+            },
+            Request::RecordSync(r) => match self.records.sync(&r) {
+                Ok(reply) => Response::RecordSync(reply),
+                Err((code, msg)) => err(code, msg),
+            },
             Request::Hello(_) | Request::Auth(_) => {
                 err(ErrorCode::Invalid, "already authenticated")
             }
@@ -603,9 +627,12 @@ pub async fn serve_until_signal(dir: &Path, addr: SocketAddr) -> Result<(), Bric
     println!("listening on {local}");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = brick.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("stop requested: finishing requests in flight");
+        // Long polls of the change feed answer now rather than hold the stop.
+        stopping.records().stop();
         let _ = stop_tx.send(true);
     });
     let opts = ServerOptions {

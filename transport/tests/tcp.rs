@@ -172,7 +172,13 @@ impl Handler for MemStore {
                 | Request::WriteBlocks(_)
                 | Request::ReadBlocks(_)
                 | Request::Verify(_)
-                | Request::ScrubStatus(_) => {
+                | Request::ScrubStatus(_)
+                | Request::RecordGet(_)
+                | Request::RecordList(_)
+                | Request::RecordCommit(_)
+                | Request::RecordChanges(_)
+                | Request::RecordHead(_)
+                | Request::RecordSync(_) => {
                     Response::error(ErrorCode::Unsupported, "not served by the test store")
                 }
             }

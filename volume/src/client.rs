@@ -19,6 +19,8 @@ use transport::{ClientOptions, Payload, Request, Response, Secret};
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
+use crate::records::RecordStore;
+use crate::records_replicated::ReplicatedRecords;
 use crate::replicate::Replicate;
 use crate::spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_STRIPE_UNIT};
 use crate::stripe::Stripe;
@@ -60,6 +62,7 @@ struct Stack {
     links: Vec<Arc<BrickLink>>,
     sets: Vec<Arc<Replicate>>,
     root: Arc<dyn Translator>,
+    records: Arc<ReplicatedRecords>,
 }
 
 impl Shared {
@@ -129,11 +132,11 @@ fn build_stack(
     // The layout never changes under a volume that holds data, so set `s`
     // of the new description succeeds set `s` of the old (leases, active
     // regions and stale marks carry over).
-    let make = |s: usize, spec: &VolumeSpec, set_links: Vec<Arc<BrickLink>>| {
-        match prev.and_then(|p| p.sets.get(s)) {
-            Some(old) => old.succeed(spec, set_links),
-            None => Replicate::new(spec, set_links, owner),
-        }
+    let make = |s: usize, spec: &VolumeSpec, set_links: Vec<Arc<BrickLink>>| match prev
+        .and_then(|p| p.sets.get(s))
+    {
+        Some(old) => old.succeed(spec, set_links),
+        None => Replicate::new(spec, set_links, owner),
     };
     let mut sets = Vec::new();
     let parts: Vec<Arc<dyn Translator>> = match spec.kind {
@@ -173,11 +176,34 @@ fn build_stack(
     } else {
         Arc::new(Distribute::new(spec.chunk_size, parts))
     };
+    // The namespace lives on the first set; a store whose bricks did not
+    // change is kept (with what it knows of the heads and its ballot).
+    let first = &links[..n];
+    let same_quorum = |old: &VolumeSpec| {
+        ["quorum-type", "quorum-count"]
+            .iter()
+            .all(|k| old.option(k, "") == spec.option(k, ""))
+    };
+    let records = match prev {
+        Some(p)
+            if same_quorum(&p.spec)
+                && p.records.links().len() == n
+                && p.records
+                    .links()
+                    .iter()
+                    .zip(first)
+                    .all(|(a, b)| Arc::ptr_eq(a, b)) =>
+        {
+            p.records.clone()
+        }
+        _ => Arc::new(ReplicatedRecords::new(&spec, first.to_vec(), owner)?),
+    };
     Ok(Stack {
         spec,
         links,
         sets,
         root,
+        records,
     })
 }
 
@@ -256,6 +282,19 @@ impl Client {
     /// The top of the translator stack.
     pub fn translator(&self) -> Arc<dyn Translator> {
         self.shared.current().root.clone()
+    }
+
+    /// The volume's namespace records (on the bricks of the first set,
+    /// replicated with the volume's quorum, commits in one order). The
+    /// store follows reloads: ask again rather than keep it across a
+    /// change of the first set's bricks.
+    pub fn records(&self) -> Arc<dyn RecordStore> {
+        self.shared.current().records.clone()
+    }
+
+    /// The same store with its heal and info calls.
+    pub fn replicated_records(&self) -> Arc<ReplicatedRecords> {
+        self.shared.current().records.clone()
     }
 
     /// The replica sets, in set order (for a stripe volume: one set of one

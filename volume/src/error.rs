@@ -100,6 +100,13 @@ pub enum VolumeError {
     /// The volume description cannot be used.
     #[error("volume {volume}: {reason}")]
     Spec { volume: String, reason: String },
+    /// The namespace records could not be read, committed or healed.
+    #[error("volume {volume}: {op}: {detail}")]
+    Records {
+        volume: String,
+        op: &'static str,
+        detail: String,
+    },
     /// A split-brain policy names a brick that is not in the set.
     #[error("volume {volume}: {reason}")]
     Heal { volume: String, reason: String },

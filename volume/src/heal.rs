@@ -28,6 +28,7 @@ use transport::{ClientOptions, Payload, Request, Response, Secret};
 
 use crate::client::Client;
 use crate::error::{Result, VolumeError};
+use crate::records_replicated::{RecordBrickInfo, RecordHealReport};
 use crate::replicate::Replicate;
 use crate::spec::VolumeSpec;
 use crate::xlator::{Fid, LeaseAction, Translator, SIZE_CHUNK};
@@ -74,6 +75,10 @@ pub struct HealReport {
     pub regions_skipped: u64,
     /// Regions in split-brain (not touched).
     pub split_brain: Vec<SplitBrain>,
+    /// What the heal of the namespace records did (the first set).
+    pub records: Option<RecordHealReport>,
+    /// Why the records could not be healed, if they could not.
+    pub records_error: Option<String>,
 }
 
 /// Pending heal of one brick.
@@ -96,6 +101,8 @@ pub struct HealInfo {
     pub split_brain: Vec<SplitBrain>,
     /// Some brick could not be asked: the picture may be incomplete.
     pub incomplete: bool,
+    /// The namespace records' log on each brick of the first set.
+    pub records: Vec<RecordBrickInfo>,
 }
 
 /// How to settle a split-brain region.
@@ -383,6 +390,15 @@ pub async fn heal_with(
     mut progress: impl FnMut(&HealProgress),
 ) -> Result<HealReport> {
     let mut report = HealReport::default();
+    // The namespace records first: a brick that missed commits is brought
+    // to the set's log (it takes no commit until then).
+    match client.replicated_records().heal().await {
+        Ok(r) => report.records = Some(r),
+        Err(e) => {
+            tracing::warn!(volume = %client.spec().name, error = %e, "records not healed");
+            report.records_error = Some(e.to_string());
+        }
+    }
     for s in 0..client.sets().len() {
         heal_set(client, s, None, &mut progress, &mut report).await?;
     }
@@ -434,6 +450,7 @@ pub async fn heal_info_with(client: &Client) -> Result<HealInfo> {
             });
         }
     }
+    info.records = client.replicated_records().info().await;
     Ok(info)
 }
 

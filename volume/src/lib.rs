@@ -14,6 +14,8 @@
 //! - [`heal`]: self-heal from pending marks, heal info, split-brain.
 //! - [`records`]: versioned records with all-or-nothing commits and a change
 //!   feed, the store a file volume's namespace lives in.
+//! - [`records_replicated`]: that store on the bricks of the volume's first
+//!   set, replicated with quorum in one order ([`Client::records`]).
 //!
 //! It must never import `nbd` or `fuse-client` (they sit above it), nor
 //! `brick` or `storage` (a client reaches bricks only through `transport`).
@@ -25,6 +27,7 @@ pub mod heal;
 pub mod link;
 pub mod manage;
 pub mod records;
+pub mod records_replicated;
 pub mod replicate;
 pub mod scrub;
 pub mod spec;

@@ -41,11 +41,13 @@ mod chunks;
 mod ha;
 mod integrity;
 mod msg;
+mod records;
 
 pub use chunks::*;
 pub use ha::*;
 pub use integrity::*;
 pub use msg::*;
+pub use records::*;
 
 use thiserror::Error;
 

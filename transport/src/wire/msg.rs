@@ -15,6 +15,10 @@ use super::ha::{LeaseReply, LeaseReq, MarksReply, MarksReq};
 use super::integrity::{
     ReadBlocksReply, ScrubStatusReply, ScrubStatusReq, VerifyReply, VerifyReq, WriteBlocksReq,
 };
+use super::records::{
+    RecordChangesReply, RecordChangesReq, RecordCommitReply, RecordCommitReq, RecordGetReply,
+    RecordGetReq, RecordHeadReply, RecordHeadReq, RecordListReply, RecordListReq, RecordSyncReq,
+};
 use super::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use thiserror::Error;
 
@@ -51,6 +55,18 @@ pub enum Opcode {
     Verify = 0x45,
     /// The last scrub run's counts of a volume (get / put).
     ScrubStatus = 0x46,
+    /// One versioned record (see `wire::records`).
+    RecordGet = 0x50,
+    /// Records by key prefix, in key order.
+    RecordList = 0x51,
+    /// Guarded all-or-nothing changes of records.
+    RecordCommit = 0x52,
+    /// The change feed (long poll).
+    RecordChanges = 0x53,
+    /// A brick's record log head; ballot promises.
+    RecordHead = 0x54,
+    /// Heal: make a brick's records equal to a good brick's.
+    RecordSync = 0x55,
     /// Replies only: the request failed; the body is an [`ErrorReply`].
     Error = 0x7f,
 }
@@ -80,6 +96,12 @@ impl Opcode {
             0x44 => ReadBlocks,
             0x45 => Verify,
             0x46 => ScrubStatus,
+            0x50 => RecordGet,
+            0x51 => RecordList,
+            0x52 => RecordCommit,
+            0x53 => RecordChanges,
+            0x54 => RecordHead,
+            0x55 => RecordSync,
             0x7f => Error,
             _ => return None,
         })
@@ -755,6 +777,12 @@ pub enum Request {
     ReadBlocks(ReadReq),
     Verify(VerifyReq),
     ScrubStatus(ScrubStatusReq),
+    RecordGet(RecordGetReq),
+    RecordList(RecordListReq),
+    RecordCommit(RecordCommitReq),
+    RecordChanges(RecordChangesReq),
+    RecordHead(RecordHeadReq),
+    RecordSync(RecordSyncReq),
 }
 
 /// A reply, server to client. `Error` may answer any request.
@@ -789,6 +817,12 @@ pub enum Response {
     ReadBlocks(ReadBlocksReply),
     Verify(VerifyReply),
     ScrubStatus(ScrubStatusReply),
+    RecordGet(RecordGetReply),
+    RecordList(RecordListReply),
+    RecordCommit(RecordCommitReply),
+    RecordChanges(RecordChangesReply),
+    RecordHead(RecordHeadReply),
+    RecordSync(RecordHeadReply),
     Error(ErrorReply),
 }
 
@@ -963,6 +997,12 @@ impl Request {
             Request::ReadBlocks(_) => Opcode::ReadBlocks,
             Request::Verify(_) => Opcode::Verify,
             Request::ScrubStatus(_) => Opcode::ScrubStatus,
+            Request::RecordGet(_) => Opcode::RecordGet,
+            Request::RecordList(_) => Opcode::RecordList,
+            Request::RecordCommit(_) => Opcode::RecordCommit,
+            Request::RecordChanges(_) => Opcode::RecordChanges,
+            Request::RecordHead(_) => Opcode::RecordHead,
+            Request::RecordSync(_) => Opcode::RecordSync,
         }
     }
 
@@ -1032,6 +1072,12 @@ impl Request {
             Request::Lease(l) => l.encode(out),
             Request::Marks(m) => m.encode(out),
             Request::ListChunks(l) => l.encode(out),
+            Request::RecordGet(r) => r.encode(out),
+            Request::RecordList(r) => r.encode(out),
+            Request::RecordCommit(r) => r.encode(out),
+            Request::RecordChanges(r) => r.encode(out),
+            Request::RecordHead(r) => r.encode(out),
+            Request::RecordSync(r) => r.encode(out),
         }
     }
 
@@ -1111,6 +1157,12 @@ impl Request {
             Opcode::Lease => Request::Lease(LeaseReq::decode(b)?),
             Opcode::Marks => Request::Marks(MarksReq::decode(b)?),
             Opcode::ListChunks => Request::ListChunks(ListChunksReq::decode(b)?),
+            Opcode::RecordGet => Request::RecordGet(RecordGetReq::decode(b)?),
+            Opcode::RecordList => Request::RecordList(RecordListReq::decode(b)?),
+            Opcode::RecordCommit => Request::RecordCommit(RecordCommitReq::decode(b)?),
+            Opcode::RecordChanges => Request::RecordChanges(RecordChangesReq::decode(b)?),
+            Opcode::RecordHead => Request::RecordHead(RecordHeadReq::decode(b)?),
+            Opcode::RecordSync => Request::RecordSync(RecordSyncReq::decode(b)?),
             Opcode::Error => return Err(BodyError::NotARequest { opcode: op }),
         };
         check_data_len(op, data_len, req.inline_data_len())?;
@@ -1142,6 +1194,12 @@ impl Response {
             Response::ReadBlocks(_) => Opcode::ReadBlocks,
             Response::Verify(_) => Opcode::Verify,
             Response::ScrubStatus(_) => Opcode::ScrubStatus,
+            Response::RecordGet(_) => Opcode::RecordGet,
+            Response::RecordList(_) => Opcode::RecordList,
+            Response::RecordCommit(_) => Opcode::RecordCommit,
+            Response::RecordChanges(_) => Opcode::RecordChanges,
+            Response::RecordHead(_) => Opcode::RecordHead,
+            Response::RecordSync(_) => Opcode::RecordSync,
             Response::Error(_) => Opcode::Error,
         }
     }
@@ -1232,6 +1290,11 @@ impl Response {
             Response::ReadBlocks(r) => r.encode(out),
             Response::Verify(v) => v.encode(out),
             Response::ScrubStatus(r) => r.encode(out),
+            Response::RecordGet(r) => r.encode(out),
+            Response::RecordList(r) => r.encode(out),
+            Response::RecordCommit(r) => r.encode(out),
+            Response::RecordChanges(r) => r.encode(out),
+            Response::RecordHead(r) | Response::RecordSync(r) => r.encode(out),
             Response::Error(e) => {
                 // `ErrorReply::new` bounds the message; a message built by
                 // hand past the limit is cut here rather than corrupt the
@@ -1353,6 +1416,12 @@ impl Response {
             Opcode::Lease => Response::Lease(LeaseReply::decode(b)?),
             Opcode::Marks => Response::Marks(MarksReply::decode(b)?),
             Opcode::ListChunks => Response::ListChunks(ChunkList::decode(b)?),
+            Opcode::RecordGet => Response::RecordGet(RecordGetReply::decode(b)?),
+            Opcode::RecordList => Response::RecordList(RecordListReply::decode(b)?),
+            Opcode::RecordCommit => Response::RecordCommit(RecordCommitReply::decode(b)?),
+            Opcode::RecordChanges => Response::RecordChanges(RecordChangesReply::decode(b)?),
+            Opcode::RecordHead => Response::RecordHead(RecordHeadReply::decode(op, b)?),
+            Opcode::RecordSync => Response::RecordSync(RecordHeadReply::decode(op, b)?),
             Opcode::Error => {
                 if b.len() < ER_FIXED {
                     return Err(BodyError::Length {

@@ -235,8 +235,8 @@ fn malformed_bodies_are_body_errors() {
         Err(BodyError::Length { .. })
     ));
     assert_eq!(
-        Request::decode(0x55, &[], 0),
-        Err(BodyError::UnknownOpcode { opcode: 0x55 })
+        Request::decode(0x5f, &[], 0),
+        Err(BodyError::UnknownOpcode { opcode: 0x5f })
     );
     assert!(matches!(
         Request::decode(Opcode::Error as u8, &[], 0),
@@ -428,6 +428,195 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u32>(), SCRUB_GET..=SCRUB_PUT, scrub_counts()).prop_map(|(volume, op, counts)| {
             Request::ScrubStatus(ScrubStatusReq { volume, op, counts })
         }),
+        record_request(),
+    ]
+}
+
+fn rkey() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..40)
+}
+
+fn commit_id() -> impl Strategy<Value = CommitId> {
+    (any::<u64>(), any::<u64>()).prop_map(|(seq, tag)| CommitId { seq, tag })
+}
+
+fn entry() -> impl Strategy<Value = RecordEntry> {
+    (rkey(), proptest::option::of(rkey()), any::<u64>()).prop_map(|(key, value, version)| {
+        RecordEntry {
+            version: if value.is_some() { version } else { 0 },
+            key,
+            value,
+        }
+    })
+}
+
+fn record_request() -> impl Strategy<Value = Request> {
+    let expect = prop_oneof![
+        Just(RecordExpect::Any),
+        Just(RecordExpect::Absent),
+        any::<u64>().prop_map(RecordExpect::Version),
+    ];
+    let op = (rkey(), expect, proptest::option::of(rkey()))
+        .prop_map(|(key, expect, value)| RecordOpWire { key, expect, value });
+    prop_oneof![
+        (any::<u32>(), rkey())
+            .prop_map(|(volume, key)| Request::RecordGet(RecordGetReq { volume, key })),
+        (any::<u32>(), any::<u32>(), rkey(), rkey()).prop_map(|(volume, limit, prefix, after)| {
+            Request::RecordList(RecordListReq {
+                volume,
+                limit,
+                prefix,
+                after,
+            })
+        }),
+        (
+            any::<u32>(),
+            any::<u64>(),
+            commit_id(),
+            any::<u64>(),
+            proptest::collection::vec(op, 0..6)
+        )
+            .prop_map(|(volume, ballot, prev, tag, ops)| {
+                Request::RecordCommit(RecordCommitReq {
+                    volume,
+                    ballot,
+                    prev,
+                    tag,
+                    ops,
+                })
+            }),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>()
+        )
+            .prop_map(|(volume, limit, since, since_tag, wait_ms)| {
+                Request::RecordChanges(RecordChangesReq {
+                    volume,
+                    limit,
+                    since,
+                    since_tag,
+                    wait_ms,
+                })
+            }),
+        (any::<u32>(), any::<bool>(), any::<u64>()).prop_map(|(volume, p, ballot)| {
+            Request::RecordHead(RecordHeadReq {
+                volume,
+                op: if p { HeadOp::Promise } else { HeadOp::Query },
+                ballot,
+            })
+        }),
+        (
+            any::<u32>(),
+            0..8u32,
+            (any::<u64>(), any::<u64>()),
+            commit_id(),
+            commit_id(),
+            any::<u64>(),
+            proptest::collection::vec(entry(), 0..6)
+        )
+            .prop_map(
+                |(volume, flags, (session, ballot), base, head, head_ballot, entries)| {
+                    Request::RecordSync(RecordSyncReq {
+                        volume,
+                        flags,
+                        session,
+                        ballot,
+                        base,
+                        head,
+                        head_ballot,
+                        entries,
+                    })
+                }
+            ),
+    ]
+}
+
+fn record_head() -> impl Strategy<Value = RecordHead> {
+    (
+        commit_id(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        0..=HEAD_SYNCING,
+        any::<u32>(),
+    )
+        .prop_map(
+            |(id, ballot, promised, feed_start, flags, records)| RecordHead {
+                id,
+                ballot,
+                promised,
+                feed_start,
+                flags,
+                records,
+            },
+        )
+}
+
+fn record_response() -> impl Strategy<Value = Response> {
+    let outcome = prop_oneof![
+        Just(CommitOutcome::Applied),
+        (any::<u32>(), proptest::option::of(1..u64::MAX))
+            .prop_map(|(index, found)| CommitOutcome::Conflict { index, found }),
+        Just(CommitOutcome::HeadMismatch),
+        Just(CommitOutcome::StaleBallot),
+    ];
+    let status = prop_oneof![
+        Just(FeedStatus::Ok),
+        Just(FeedStatus::Gap),
+        Just(FeedStatus::Diverged)
+    ];
+    prop_oneof![
+        (any::<u64>(), proptest::option::of((any::<u64>(), rkey()))).prop_map(|(head_seq, r)| {
+            Response::RecordGet(RecordGetReply {
+                head_seq,
+                record: r.map(|(version, value)| RecordValue { version, value }),
+            })
+        }),
+        (
+            0..=LIST_MORE,
+            any::<u64>(),
+            proptest::collection::vec(entry(), 0..6)
+        )
+            .prop_map(
+                |(flags, head_seq, entries)| Response::RecordList(RecordListReply {
+                    flags,
+                    head_seq,
+                    entries: entries
+                        .into_iter()
+                        .map(|mut e| {
+                            e.value.get_or_insert_with(Vec::new);
+                            e
+                        })
+                        .collect(),
+                })
+            ),
+        (outcome, record_head()).prop_map(|(outcome, head)| Response::RecordCommit(
+            RecordCommitReply { outcome, head }
+        )),
+        (
+            status,
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), rkey()), 0..6)
+        )
+            .prop_map(|(status, newest, oldest, c)| Response::RecordChanges(
+                RecordChangesReply {
+                    status,
+                    newest,
+                    oldest,
+                    changes: c
+                        .into_iter()
+                        .map(|(seq, key)| FeedEntry { seq, key })
+                        .collect(),
+                }
+            )),
+        (any::<bool>(), record_head())
+            .prop_map(|(refused, head)| Response::RecordHead(RecordHeadReply { refused, head })),
+        (any::<bool>(), record_head())
+            .prop_map(|(refused, head)| Response::RecordSync(RecordHeadReply { refused, head })),
     ]
 }
 
@@ -545,6 +734,7 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(checked, bad)| Response::Verify(VerifyReply { checked, bad })),
         (0..=SCRUB_FOUND, scrub_counts())
             .prop_map(|(flags, counts)| Response::ScrubStatus(ScrubStatusReply { flags, counts })),
+        record_response(),
         (any::<u16>(), "\\PC{0,80}").prop_map(|(code, msg)| Response::Error(ErrorReply::new(
             ErrorCode::from_code(code),
             msg
@@ -946,4 +1136,128 @@ fn scrub_status_fixture() {
             counts
         }))
     );
+}
+/// `RecordCommit` body: volume 7, ballot 0x0102, prev (4, 0xaa), tag 0xbb,
+/// one op: key "k" expected at version 3, value "vv".
+#[rustfmt::skip]
+const RECORD_COMMIT_BODY: [u8; 59] = [
+    0x07, 0x00, 0x00, 0x00,                         // volume 7
+    0x01, 0x00, 0x00, 0x00,                         // count 1
+    0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // ballot 0x0102
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // prev_seq 4
+    0xaa, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // prev_tag 0xaa
+    0xbb, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // tag 0xbb
+    0x02,                                           // op.expect: version
+    0x00,                                           // op.flags: put
+    0x01, 0x00,                                     // op.key_len 1
+    0x02, 0x00, 0x00, 0x00,                         // op.value_len 2
+    0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // op.expect_version 3
+    b'k', b'v', b'v',                               // key, value
+];
+
+/// `RecordCommit` reply body: conflict on op 0 (found version 5), head
+/// (4, 0xaa) at ballot 0x0102, promised 0x0102, feed from 0, 9 records.
+#[rustfmt::skip]
+const RECORD_COMMIT_REPLY_BODY: [u8; 64] = [
+    0x01, 0x00, 0x00, 0x00,                         // status 1 conflict
+    0x00, 0x00, 0x00, 0x00,                         // index 0
+    0x05, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // found version 5
+    0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // head.seq 4
+    0xaa, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // head.tag
+    0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // head.ballot
+    0x02, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // head.promised
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, // head.feed_start
+    0x00, 0x00, 0x00, 0x00,                         // head.flags
+    0x09, 0x00, 0x00, 0x00,                         // head.records
+];
+
+fn record_commit_fixture() -> (Request, Response) {
+    (
+        Request::RecordCommit(RecordCommitReq {
+            volume: 7,
+            ballot: 0x0102,
+            prev: CommitId { seq: 4, tag: 0xaa },
+            tag: 0xbb,
+            ops: vec![RecordOpWire {
+                key: b"k".to_vec(),
+                expect: RecordExpect::Version(3),
+                value: Some(b"vv".to_vec()),
+            }],
+        }),
+        Response::RecordCommit(RecordCommitReply {
+            outcome: CommitOutcome::Conflict {
+                index: 0,
+                found: Some(5),
+            },
+            head: RecordHead {
+                id: CommitId { seq: 4, tag: 0xaa },
+                ballot: 0x0102,
+                promised: 0x0102,
+                feed_start: 0,
+                flags: 0,
+                records: 9,
+            },
+        }),
+    )
+}
+
+#[test]
+fn record_commit_fixtures() {
+    let (req, resp) = record_commit_fixture();
+    let mut out = Vec::new();
+    req.encode_body(&mut out);
+    assert_eq!(out, RECORD_COMMIT_BODY);
+    assert_eq!(Request::decode(0x52, &RECORD_COMMIT_BODY, 0), Ok(req));
+    let mut out = Vec::new();
+    resp.encode_body(&mut out);
+    assert_eq!(out, RECORD_COMMIT_REPLY_BODY);
+    assert_eq!(
+        Response::decode(0x52, &RECORD_COMMIT_REPLY_BODY, 0),
+        Ok(resp)
+    );
+}
+
+#[test]
+fn record_bodies_reject_bad_input() {
+    // A delete carrying a value length, an unknown expect kind, a key that
+    // runs past the body, trailing bytes.
+    let mut bad = RECORD_COMMIT_BODY;
+    bad[41] = OP_DELETE;
+    assert!(Request::decode(0x52, &bad, 0).is_err());
+    let mut bad = RECORD_COMMIT_BODY;
+    bad[40] = 3;
+    assert!(matches!(
+        Request::decode(0x52, &bad, 0),
+        Err(BodyError::UnknownFlags { .. })
+    ));
+    assert!(matches!(
+        Request::decode(0x52, &RECORD_COMMIT_BODY[..58], 0),
+        Err(BodyError::Length { .. })
+    ));
+    let mut long = RECORD_COMMIT_BODY.to_vec();
+    long.push(0);
+    assert!(matches!(
+        Request::decode(0x52, &long, 0),
+        Err(BodyError::Length { .. })
+    ));
+    // Too many ops for the limit.
+    let mut bad = RECORD_COMMIT_BODY;
+    bad[4..8].copy_from_slice(&(MAX_RECORD_OPS as u32 + 1).to_le_bytes());
+    assert!(matches!(
+        Request::decode(0x52, &bad, 0),
+        Err(BodyError::TooLong { .. })
+    ));
+    // An unknown status in the reply.
+    let mut bad = RECORD_COMMIT_REPLY_BODY;
+    bad[0] = 9;
+    assert!(Response::decode(0x52, &bad, 0).is_err());
+    // A key length over the limit in a get.
+    let mut get = vec![7, 0, 0, 0];
+    get.extend_from_slice(&(MAX_RECORD_KEY as u16 + 1).to_le_bytes());
+    get.extend_from_slice(&[0, 0]);
+    get.extend(std::iter::repeat_n(b'x', MAX_RECORD_KEY + 1));
+    assert!(matches!(
+        Request::decode(0x50, &get, 0),
+        Err(BodyError::TooLong { .. })
+    ));
 }
