@@ -19,6 +19,7 @@
 
 pub mod client;
 pub mod distribute;
+pub mod ec;
 pub mod error;
 pub mod heal;
 pub mod link;
