@@ -24,11 +24,11 @@ pub struct VolumeArgs {
 
 #[derive(Subcommand, Debug)]
 enum VolumeCmd {
-    /// Create a volume: `create NAME [replica N] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// Create a volume: `create NAME [replica N | disperse K+M] BRICK...` (BRICK = HOST:PORT of a running brick).
     Create {
         /// The volume's name.
         name: String,
-        /// `[replica N] BRICK...`
+        /// `[replica N | disperse K+M] BRICK...`
         #[arg(required = true, num_args = 1..)]
         layout: Vec<String>,
         /// Chunk size, e.g. 64M, 1G (a power of two, at least 1M).
@@ -352,7 +352,7 @@ async fn replace_brick(
     full_heal(&r.spec, secret, &t, "replace-brick").await
 }
 
-/// `[replica N] BRICK...`
+/// `[replica N | disperse K+M] BRICK...`
 fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
     match args {
         [kw, n, bricks @ ..] if kw == "replica" => {
@@ -362,8 +362,16 @@ fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
             Ok((VolumeKind::Replicate { replica }, bricks.to_vec()))
         }
         [kw, ..] if kw == "replica" => bail!("replica needs a count, e.g. `replica 3`"),
-        [kw, ..] if kw == "disperse" || kw == "stripe" => {
-            bail!("{kw} volumes are not available in this build (distribute and replica are)")
+        [kw, g, bricks @ ..] if kw == "disperse" => {
+            let bad = || anyhow::anyhow!("bad disperse geometry {g:?}: expected K+M, e.g. `disperse 4+2`");
+            let (k, m) = g.split_once('+').ok_or_else(bad)?;
+            let data: u32 = k.parse().map_err(|_| bad())?;
+            let redundancy: u32 = m.parse().map_err(|_| bad())?;
+            Ok((VolumeKind::Disperse { data, redundancy }, bricks.to_vec()))
+        }
+        [kw, ..] if kw == "disperse" => bail!("disperse needs K+M, e.g. `disperse 4+2`"),
+        [kw, ..] if kw == "stripe" => {
+            bail!("{kw} volumes are not available in this build (distribute, replica and disperse are)")
         }
         bricks => Ok((VolumeKind::Distribute, bricks.to_vec())),
     }
@@ -374,6 +382,8 @@ fn type_name(spec: &VolumeSpec) -> &'static str {
         (VolumeKind::Distribute, _) => "Distribute",
         (VolumeKind::Replicate { .. }, false) => "Replicate",
         (VolumeKind::Replicate { .. }, true) => "Distributed-Replicate",
+        (VolumeKind::Disperse { .. }, false) => "Disperse",
+        (VolumeKind::Disperse { .. }, true) => "Distributed-Disperse",
     }
 }
 
@@ -396,6 +406,13 @@ pub fn format_info(spec: &VolumeSpec) -> String {
             let _ = writeln!(
                 s,
                 "Number of Bricks: {} x {replica} = {n}",
+                spec.set_count()
+            );
+        }
+        VolumeKind::Disperse { data, redundancy } => {
+            let _ = writeln!(
+                s,
+                "Number of Bricks: {} x ({data} + {redundancy}) = {n}",
                 spec.set_count()
             );
         }

@@ -2,7 +2,9 @@
 //! translators its layout calls for, and hands out object handles.
 //!
 //! Stack: one [`Replicate`] per set (a plain distribute volume has sets of
-//! one brick), under one [`Distribute`] when there are several sets.
+//! one brick), or one [`Disperse`] per set of a dispersed volume (over a
+//! `Replicate` core that keeps its leases and marks), under one
+//! [`Distribute`] when there are several sets.
 //!
 //! Object size: the stat size of the object's size-record chunk
 //! ([`crate::xlator::SIZE_CHUNK`]), grown by writes that end past it.
@@ -14,6 +16,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use transport::{ClientOptions, Secret};
 
+use crate::disperse::{Disperse, Geometry};
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
@@ -33,6 +36,7 @@ pub struct Client {
     spec: VolumeSpec,
     links: Vec<Arc<BrickLink>>,
     sets: Vec<Arc<Replicate>>,
+    dispersed: Vec<Arc<Disperse>>,
     root: Arc<dyn Translator>,
 }
 
@@ -110,25 +114,47 @@ impl Client {
                 break o;
             }
         };
+        let geometry = match spec.kind {
+            crate::spec::VolumeKind::Disperse { data, redundancy } => Some(Arc::new(
+                Geometry::new(data as usize, redundancy as usize).map_err(|e| bad(e.to_string()))?,
+            )),
+            _ => None,
+        };
         let mut sets = Vec::new();
+        let mut dispersed = Vec::new();
+        let mut tops: Vec<Arc<dyn Translator>> = Vec::new();
         for s in 0..spec.set_count() {
             let set_links = links[s * n..(s + 1) * n].to_vec();
-            sets.push(Arc::new(Replicate::new(&spec, set_links, owner)?));
+            match &geometry {
+                Some(g) => {
+                    let core = Arc::new(Replicate::new_disperse(
+                        &spec,
+                        set_links,
+                        owner,
+                        g.clone(),
+                    )?);
+                    let d = Arc::new(Disperse::new(core.clone(), g.clone(), spec.chunk_size));
+                    sets.push(core);
+                    dispersed.push(d.clone());
+                    tops.push(d);
+                }
+                None => {
+                    let r = Arc::new(Replicate::new(&spec, set_links, owner)?);
+                    sets.push(r.clone());
+                    tops.push(r);
+                }
+            }
         }
-        let root: Arc<dyn Translator> = if sets.len() == 1 {
-            sets[0].clone()
+        let root: Arc<dyn Translator> = if tops.len() == 1 {
+            tops[0].clone()
         } else {
-            Arc::new(Distribute::new(
-                spec.chunk_size,
-                sets.iter()
-                    .map(|s| s.clone() as Arc<dyn Translator>)
-                    .collect(),
-            ))
+            Arc::new(Distribute::new(spec.chunk_size, tops))
         };
         Ok(Client {
             spec,
             links,
             sets,
+            dispersed,
             root,
         })
     }
@@ -143,9 +169,16 @@ impl Client {
         self.root.clone()
     }
 
-    /// The replica sets, in set order.
+    /// The replica sets, in set order (for a dispersed volume, each set's
+    /// core: its leases, marks and heal).
     pub fn sets(&self) -> &[Arc<Replicate>] {
         &self.sets
+    }
+
+    /// The dispersed sets, in set order (empty unless the volume is
+    /// dispersed); their cores are [`Client::sets`].
+    pub fn dispersed(&self) -> &[Arc<Disperse>] {
+        &self.dispersed
     }
 
     /// The brick links, in brick order.

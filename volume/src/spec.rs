@@ -20,6 +20,15 @@ pub enum VolumeKind {
         /// Bricks per set (copies of each chunk).
         replica: u32,
     },
+    /// Each chunk cut into stripes of `data` fragments plus `redundancy`
+    /// Reed-Solomon parity fragments, one per brick of a set of
+    /// `data + redundancy` bricks; any `data` of them rebuild a stripe.
+    Disperse {
+        /// K: data fragments per stripe.
+        data: u32,
+        /// M: parity fragments per stripe (bricks that may be lost).
+        redundancy: u32,
+    },
 }
 
 impl VolumeKind {
@@ -28,6 +37,7 @@ impl VolumeKind {
         match self {
             VolumeKind::Distribute => 1,
             VolumeKind::Replicate { replica } => *replica as usize,
+            VolumeKind::Disperse { data, redundancy } => (*data + *redundancy) as usize,
         }
     }
 }
@@ -37,6 +47,7 @@ impl fmt::Display for VolumeKind {
         match self {
             VolumeKind::Distribute => write!(f, "distribute"),
             VolumeKind::Replicate { replica } => write!(f, "replica {replica}"),
+            VolumeKind::Disperse { data, redundancy } => write!(f, "disperse {data}+{redundancy}"),
         }
     }
 }
