@@ -363,7 +363,9 @@ fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
         }
         [kw, ..] if kw == "replica" => bail!("replica needs a count, e.g. `replica 3`"),
         [kw, g, bricks @ ..] if kw == "disperse" => {
-            let bad = || anyhow::anyhow!("bad disperse geometry {g:?}: expected K+M, e.g. `disperse 4+2`");
+            let bad = || {
+                anyhow::anyhow!("bad disperse geometry {g:?}: expected K+M, e.g. `disperse 4+2`")
+            };
             let (k, m) = g.split_once('+').ok_or_else(bad)?;
             let data: u32 = k.parse().map_err(|_| bad())?;
             let redundancy: u32 = m.parse().map_err(|_| bad())?;

@@ -116,7 +116,8 @@ impl Client {
         };
         let geometry = match spec.kind {
             crate::spec::VolumeKind::Disperse { data, redundancy } => Some(Arc::new(
-                Geometry::new(data as usize, redundancy as usize).map_err(|e| bad(e.to_string()))?,
+                Geometry::new(data as usize, redundancy as usize)
+                    .map_err(|e| bad(e.to_string()))?,
             )),
             _ => None,
         };
@@ -127,12 +128,8 @@ impl Client {
             let set_links = links[s * n..(s + 1) * n].to_vec();
             match &geometry {
                 Some(g) => {
-                    let core = Arc::new(Replicate::new_disperse(
-                        &spec,
-                        set_links,
-                        owner,
-                        g.clone(),
-                    )?);
+                    let core =
+                        Arc::new(Replicate::new_disperse(&spec, set_links, owner, g.clone())?);
                     let d = Arc::new(Disperse::new(core.clone(), g.clone(), spec.chunk_size));
                     sets.push(core);
                     dispersed.push(d.clone());

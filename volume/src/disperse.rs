@@ -34,7 +34,9 @@
 use std::sync::Arc;
 
 use iobuf::IoBuf;
-use transport::wire::{DataRef, MarksOp, MarksReq, ObjectId, ReadReq, WriteReq, FLAG_FUA, REGION_SIZE};
+use transport::wire::{
+    DataRef, MarksOp, MarksReq, ObjectId, ReadReq, WriteReq, FLAG_FUA, REGION_SIZE,
+};
 use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
 
 use crate::ec::{Codec, EcError};
@@ -72,7 +74,13 @@ pub struct Geometry {
 
 impl std::fmt::Debug for Geometry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}+{} on {}", self.data, self.redundancy, self.codec.backend())
+        write!(
+            f,
+            "{}+{} on {}",
+            self.data,
+            self.redundancy,
+            self.codec.backend()
+        )
     }
 }
 
@@ -411,9 +419,7 @@ impl Disperse {
             .change(
                 "write",
                 fid,
-                chunk,
-                off,
-                len,
+                (chunk, off, len),
                 self.geo.data,
                 |i, oid, epoch| {
                     (
@@ -449,9 +455,7 @@ impl Disperse {
         }
         self.core.join_lease(fid, &up).await;
         let epochs = self.core.lease_epochs(fid)?;
-        let targets: Vec<usize> = (0..up.len())
-            .filter(|&i| up[i] && epochs[i] != 0)
-            .collect();
+        let targets: Vec<usize> = (0..up.len()).filter(|&i| up[i] && epochs[i] != 0).collect();
         let soid = fid.chunk(chunk | STAGE_BIT);
         let answers = self
             .core
@@ -775,7 +779,13 @@ async fn settle_region(
         usable.len(),
     )
     .await;
-    let held = here.lens.iter().chain(&stage.lens).copied().max().unwrap_or(0);
+    let held = here
+        .lens
+        .iter()
+        .chain(&stage.lens)
+        .copied()
+        .max()
+        .unwrap_or(0);
     let stripes = held.div_ceil(u).min(STRIPES_PER_REGION as usize);
     let mut out: Vec<Vec<u8>> = vec![vec![0u8; stripes * u]; n];
     let mut torn = 0;

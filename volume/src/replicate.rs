@@ -484,9 +484,7 @@ impl Replicate {
         &self,
         op: &'static str,
         fid: Fid,
-        chunk: u64,
-        offset: u64,
-        len: u64,
+        (chunk, offset, len): (u64, u64, u64),
         need_clean: usize,
         mk: impl Fn(usize, ObjectId, u64) -> (Request, Payload),
     ) -> Result<()> {
@@ -703,19 +701,25 @@ impl Replicate {
         for p in split(offset, data.len() as u64, self.chunk_size) {
             let piece = &data[p.at as usize..(p.at + p.len) as usize];
             let crc = crc32c::crc32c(piece);
-            self.change("write", fid, p.chunk, p.offset, p.len, 1, |_, oid, epoch| {
-                (
-                    Request::Write(WriteReq {
-                        object: oid,
-                        offset: p.offset,
-                        epoch,
-                        flags: 0,
-                        crc32c: crc,
-                        data: DataRef::None,
-                    }),
-                    Payload::Out(IoBuf::from_slice(piece)),
-                )
-            })
+            self.change(
+                "write",
+                fid,
+                (p.chunk, p.offset, p.len),
+                1,
+                |_, oid, epoch| {
+                    (
+                        Request::Write(WriteReq {
+                            object: oid,
+                            offset: p.offset,
+                            epoch,
+                            flags: 0,
+                            crc32c: crc,
+                            data: DataRef::None,
+                        }),
+                        Payload::Out(IoBuf::from_slice(piece)),
+                    )
+                },
+            )
             .await?;
         }
         Ok(())
@@ -739,7 +743,7 @@ impl Replicate {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        self.change(op, fid, chunk, offset, len, 1, |_, oid, epoch| {
+        self.change(op, fid, (chunk, offset, len), 1, |_, oid, epoch| {
             let r = RangeReq {
                 object: oid,
                 offset,

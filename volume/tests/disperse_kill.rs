@@ -77,9 +77,13 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
     let got = obj.read(0, TOTAL as u64).await.expect("degraded read");
     assert!(got == data, "degraded read differs");
     // Unaligned writes (read-modify-write of partial stripes) go on too.
-    for (n, (off, len)) in [(12_345usize, 70_000usize), (5 << 20, 3), (TOTAL - 9_000, 9_000)]
-        .into_iter()
-        .enumerate()
+    for (n, (off, len)) in [
+        (12_345usize, 70_000usize),
+        (5 << 20, 3),
+        (TOTAL - 9_000, 9_000),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let b = bytes(777 + n as u64, len);
         obj.write(off as u64, &b).await.expect("degraded rmw write");
@@ -110,7 +114,10 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
     assert!(report.split_brain.is_empty() && report.regions_skipped == 0);
     assert!(report.regions_healed > 0);
     let after = heal_info_with(&client).await.expect("info");
-    assert!(after.bricks.iter().all(|b| b.pending_regions == 0), "{after:?}");
+    assert!(
+        after.bricks.iter().all(|b| b.pending_regions == 0),
+        "{after:?}"
+    );
 
     // Every fragment, straight from its brick.
     let codec = Codec::new(K, M).expect("codec");
@@ -119,7 +126,11 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
     for chunk in 0..(TOTAL as u64 / CHUNK) {
         let mut f = Vec::new();
         for a in &addrs {
-            f.push(brick_chunk(a, &pool.secret, fid.chunk(chunk), flen as u64).await.0);
+            f.push(
+                brick_chunk(a, &pool.secret, fid.chunk(chunk), flen as u64)
+                    .await
+                    .0,
+            );
         }
         let want = &data[(chunk * CHUNK) as usize..((chunk + 1) * CHUNK) as usize];
         for s in 0..flen / u {
@@ -134,7 +145,10 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
         let refs: Vec<&[u8]> = f.iter().take(K).map(|v| v.as_slice()).collect();
         let parity = codec.encode(&refs).expect("encode");
         for (p, got) in parity.iter().zip(&f[K..]) {
-            assert!(p == got, "chunk {chunk}: a parity fragment does not re-encode");
+            assert!(
+                p == got,
+                "chunk {chunk}: a parity fragment does not re-encode"
+            );
         }
     }
     // Reads through the volume use the healed bricks again.
