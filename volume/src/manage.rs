@@ -645,9 +645,14 @@ pub fn check_option(spec: &VolumeSpec, key: &str, value: &str) -> Result<String,
         },
         "quorum-count" => {
             let max = spec.kind.set_size() as u64;
+            // A dispersed set cannot take a write on fewer than K bricks.
+            let min = match spec.kind {
+                VolumeKind::Disperse { data, .. } => u64::from(data),
+                _ => 1,
+            };
             match value.parse::<u64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n.to_string()),
-                _ => Err(bad(format!("a number of bricks from 1 to {max}"))),
+                Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
+                _ => Err(bad(format!("a number of bricks from {min} to {max}"))),
             }
         }
         "ping-timeout" => match value.parse::<u64>() {
