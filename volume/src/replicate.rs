@@ -937,6 +937,30 @@ impl Replicate {
                             )
                         })
                         .await;
+                        // A dispersed set's staged fragments of the region
+                        // are not needed once it is clean: give the space
+                        // back (best effort; a leftover is never read).
+                        if self.disperse.is_some() && oid.chunk != SIZE_CHUNK {
+                            let stage = ObjectId {
+                                chunk: oid.chunk | crate::disperse::STAGE_BIT,
+                                ..oid
+                            };
+                            let granted: Vec<usize> =
+                                upi.iter().copied().filter(|&i| h.epochs[i] != 0).collect();
+                            self.fan_out(&granted, |i| {
+                                (
+                                    Request::Punch(RangeReq {
+                                        object: stage,
+                                        offset: u64::from(r) * REGION_SIZE,
+                                        len: REGION_SIZE,
+                                        epoch: h.epochs[i],
+                                        flags: 0,
+                                    }),
+                                    Payload::None,
+                                )
+                            })
+                            .await;
+                        }
                     }
                 }
                 let holders: Vec<usize> = (0..h.epochs.len())

@@ -92,7 +92,17 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
     let got = obj.read(0, TOTAL as u64).await.expect("degraded read");
     assert!(got == data, "degraded read after rmw differs");
     obj.flush().await.expect("flush");
+    // Leased writes went through the stage objects first.
+    let stage0 = fid.chunk(volume::disperse::STAGE_BIT);
+    let (s, _) = brick_chunk(&addrs[0], &pool.secret, stage0, CHUNK / K as u64).await;
+    assert!(s.iter().any(|b| *b != 0), "nothing staged");
     obj.close().await.expect("release");
+    // A clean release gives the staged fragments' space back.
+    for chunk in 0..(TOTAL as u64 / CHUNK) {
+        let stage = fid.chunk(chunk | volume::disperse::STAGE_BIT);
+        let (s, _) = brick_chunk(&addrs[0], &pool.secret, stage, CHUNK / K as u64).await;
+        assert!(s.iter().all(|b| *b == 0), "chunk {chunk}: stage kept after release");
+    }
 
     let info = heal_info_with(&client).await.expect("info");
     println!(
