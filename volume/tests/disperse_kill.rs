@@ -101,7 +101,10 @@ async fn disperse_4_2_two_bricks_killed_then_healed() {
     for chunk in 0..(TOTAL as u64 / CHUNK) {
         let stage = fid.chunk(chunk | volume::disperse::STAGE_BIT);
         let (s, _) = brick_chunk(&addrs[0], &pool.secret, stage, CHUNK / K as u64).await;
-        assert!(s.iter().all(|b| *b == 0), "chunk {chunk}: stage kept after release");
+        assert!(
+            s.iter().all(|b| *b == 0),
+            "chunk {chunk}: stage kept after release"
+        );
     }
 
     let info = heal_info_with(&client).await.expect("info");
