@@ -6,13 +6,23 @@
 //! Figures are GB/s of stripe data (K fragments) coded per second, one
 //! thread; "ratio" is Stretto / direct ISA-L. Reconstruct rebuilds M lost
 //! data fragments (the worst case: all of them need decoding).
+//!
+//! Then, when `target/release/stretto` is there, a disperse 4+2 volume next
+//! to a replica-3 volume on the same brick processes (the replica on three
+//! of the six), through `volume::Client` in-process.
 
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
-use rand::{RngCore, SeedableRng};
+use anyhow::{anyhow, Context, Result};
+use rand::{Rng, RngCore, SeedableRng};
+use transport::{ClientOptions, Secret};
 use volume::ec::{isal, Backend, Codec};
+use volume::{manage, Client, Fid, Object};
 
+use crate::procs::Bricks;
 use crate::stats::{table_header, table_row};
 
 /// Runs `f` until `budget` has passed; returns calls per second.
@@ -146,8 +156,137 @@ fn bench_one(k: usize, m: usize, size: usize, budget: Duration) -> Result<Vec<Ro
     ])
 }
 
-/// `stretto-bench ec`.
-pub fn run(quick: bool) -> Result<()> {
+/// `stretto-bench ec`: the codec table, then the volume table if the
+/// `stretto` binary is built.
+pub fn run(dir: &Path, quick: bool) -> Result<()> {
+    codec(quick)?;
+    match crate::procs::stretto_bin() {
+        Ok(_) => volumes(dir, quick),
+        Err(e) => {
+            println!("\n(disperse volume throughput skipped: {e})");
+            Ok(())
+        }
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// `qd` tasks doing `bs`-byte writes or reads over `[0, span)` for `secs`;
+/// MiB/s.
+async fn throughput(
+    obj: Arc<Object>,
+    write: bool,
+    bs: u64,
+    qd: u64,
+    span: u64,
+    secs: f64,
+) -> Result<f64> {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..qd {
+        let (obj, bytes) = (obj.clone(), bytes.clone());
+        tasks.spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(t);
+            let data = vec![t as u8 | 1; bs as usize];
+            while Instant::now() < deadline {
+                let off = rng.gen_range(0..span / bs) * bs;
+                if write {
+                    obj.write(off, &data).await?;
+                } else {
+                    obj.read(off, bs).await?;
+                }
+                bytes.fetch_add(bs, Ordering::Relaxed);
+            }
+            Ok::<(), anyhow::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("benchmark task panicked")??;
+    }
+    Ok(bytes.load(Ordering::Relaxed) as f64 / MIB as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn open(
+    bricks: &Bricks,
+    pool: &[usize],
+    vol: &str,
+    span: u64,
+) -> Result<(Client, Arc<Object>)> {
+    bricks.image_create(pool, vol, "bench", span)?;
+    let addrs: Vec<String> = pool.iter().map(|&i| bricks.addrs[i].clone()).collect();
+    let secret = Secret::load(&bricks.secret).context("load the pool secret")?;
+    let (spec, e) = manage::image_get(&addrs, &secret, vol, "bench").await?;
+    let client = Client::connect_spec(spec.clone(), secret, ClientOptions::default()).await?;
+    let fid = Fid {
+        volume: spec.id,
+        vnode: e.vnode,
+        unique: e.unique,
+    };
+    let obj = client
+        .open_writer(fid, volume::client::DEFAULT_LEASE)
+        .await?;
+    Ok((client, Arc::new(obj)))
+}
+
+fn volumes(dir: &Path, quick: bool) -> Result<()> {
+    let root = dir.join("ec-bench");
+    let _ = std::fs::remove_dir_all(&root);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(async {
+        let (span, secs) = if quick { (64 * MIB, 2.0) } else { (256 * MIB, 8.0) };
+        let bricks = Bricks::start(&root.join("pool"), 6)?;
+        let a = &bricks.addrs;
+        let all: Vec<usize> = (0..6).collect();
+        let mut create = vec!["create", "ec42", "disperse", "4+2"];
+        create.extend(a.iter().map(String::as_str));
+        bricks.volume(&all, &create)?;
+        bricks.volume(&all, &["start", "ec42"])?;
+        bricks.volume(&all, &["create", "rep3", "replica", "3", &a[0], &a[1], &a[2]])?;
+        bricks.volume(&all, &["start", "rep3"])?;
+        let (ec_client, ec) = open(&bricks, &all, "ec42", span).await?;
+        let (rep_client, rep) = open(&bricks, &all, "rep3", span).await?;
+        println!(
+            "\n## Disperse 4+2 vs replica 3 (volume::Client in-process, {} MiB object, {secs} s per cell)\n",
+            span / MIB
+        );
+        println!(
+            "Six `stretto brick serve` processes on loopback, one disk; the replica uses three of them. \
+             Disperse writes under a lease are staged then written in place (two writes per fragment)."
+        );
+        println!();
+        table_header(&["workload", "QD", "replica-3 MiB/s", "disperse 4+2 MiB/s", "disperse/replica"]);
+        for (title, write, bs, qd) in [
+            ("write 1 MiB", true, MIB, 4u64),
+            ("read 1 MiB", false, MIB, 4),
+            ("write 64 KiB", true, 64 << 10, 16),
+            ("read 64 KiB", false, 64 << 10, 16),
+        ] {
+            let r = throughput(rep.clone(), write, bs, qd, span, secs).await?;
+            let e = throughput(ec.clone(), write, bs, qd, span, secs).await?;
+            table_row(&[
+                title.to_string(),
+                qd.to_string(),
+                format!("{r:.1}"),
+                format!("{e:.1}"),
+                format!("{:.2}", e / r.max(1e-9)),
+            ]);
+        }
+        ec_client.close().await;
+        rep_client.close().await;
+        drop(bricks);
+        Ok::<(), anyhow::Error>(())
+    });
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&root);
+    r
+}
+
+fn codec(quick: bool) -> Result<()> {
     let budget = Duration::from_millis(if quick { 150 } else { 1000 });
     println!("\n## Erasure coding (GB/s of stripe data, one thread)\n");
     match isal::library() {
@@ -187,8 +326,9 @@ pub fn run(quick: bool) -> Result<()> {
         }
     }
     println!(
-        "\nStretto's reconstruct allocates the rebuilt fragments and inverts the \
-         matrix per call; the direct column reuses tables made once."
+        "\nStretto's reconstruct allocates the rebuilt fragments per call (decode \
+         tables are cached per loss pattern); the direct column writes into buffers \
+         made once. Both copy the surviving fragments each call."
     );
     Ok(())
 }

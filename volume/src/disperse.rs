@@ -15,12 +15,12 @@
 //! missed a change, the activity log, and the object's size record (a
 //! tiny record mirrored on every brick of the set). What differs:
 //! - a write cuts the stripes it touches, reading the old stripes first
-//!   when it covers them partly (read-modify-write, under a per-chunk lock
+//!   when it covers them partly (read-modify-write, under a per-region lock
 //!   of this client and the object's lease against other clients), and
 //!   sends each brick its own fragment;
 //! - under a lease, before a change touches fragments in place, the region
 //!   is marked active (the dirty flag, durable on the bricks) and the new
-//!   fragments are first written durably to a *stage* object beside the
+//!   fragments are first written to a *stage* object beside the
 //!   chunk (chunk index | [`STAGE_BIT`]); after an unclean takeover,
 //!   [`settle`] finds stripes whose fragments disagree (a torn write) and
 //!   rewrites them from the stage (new data) or, if the stage is not
@@ -34,9 +34,7 @@
 use std::sync::Arc;
 
 use iobuf::IoBuf;
-use transport::wire::{
-    DataRef, MarksOp, MarksReq, ObjectId, ReadReq, WriteReq, FLAG_FUA, REGION_SIZE,
-};
+use transport::wire::{DataRef, MarksOp, MarksReq, ObjectId, ReadReq, WriteReq, REGION_SIZE};
 use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
 
 use crate::ec::{Codec, EcError};
@@ -58,8 +56,8 @@ pub const STAGE_BIT: u64 = 1 << 62;
 /// region of a brick's fragment object: [`REGION_SIZE`] bytes).
 const STRIPES_PER_REGION: u64 = REGION_SIZE / FRAGMENT_UNIT;
 
-/// Per-chunk write locks of one client (read-modify-write of a stripe must
-/// not interleave with another write of the same client).
+/// Write locks of one client, by fragment region (read-modify-write of a
+/// stripe must not interleave with another write of the same client).
 const LOCKS: usize = 64;
 
 /// K + M and the codec.
@@ -279,9 +277,38 @@ impl Disperse {
         &self.geo
     }
 
-    fn lock(&self, oid: &ObjectId) -> &tokio::sync::Mutex<()> {
-        let h = oid.chunk ^ u64::from(oid.vnode) << 20 ^ u64::from(oid.unique) << 40;
-        &self.locks[(h % LOCKS as u64) as usize]
+    /// Locks the fragment regions of `oid` that stripes `[s0, s0 + count)`
+    /// fall in (a read-modify-write must not interleave with another write
+    /// of this client to the same stripes). Locks are taken in increasing
+    /// index order, so two writers never wait on each other in a cycle.
+    async fn lock_stripes(
+        &self,
+        oid: &ObjectId,
+        s0: u64,
+        count: u64,
+    ) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let first = s0 / STRIPES_PER_REGION;
+        let last = (s0 + count.max(1) - 1) / STRIPES_PER_REGION;
+        let mut idx: Vec<usize> = (first..=last)
+            .map(|r| {
+                let h = crc32c::crc32c(
+                    &[
+                        oid.chunk.to_le_bytes(),
+                        r.to_le_bytes(),
+                        (u64::from(oid.vnode) << 32 | u64::from(oid.unique)).to_le_bytes(),
+                    ]
+                    .concat(),
+                );
+                h as usize % LOCKS
+            })
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let mut held = Vec::with_capacity(idx.len());
+        for i in idx {
+            held.push(self.locks[i].lock().await);
+        }
+        held
     }
 
     /// Bricks a read of `oid`'s brick range may use: up and not marked
@@ -306,54 +333,99 @@ impl Disperse {
     }
 
     /// The data of stripes `[s0, s0 + count)` of a chunk, from any K good
-    /// fragments.
-    async fn read_stripes(&self, fid: Fid, chunk: u64, s0: u64, count: u64) -> Result<Vec<u8>> {
+    /// fragments, and the bricks that answered with an error.
+    async fn read_stripes(
+        &self,
+        fid: Fid,
+        chunk: u64,
+        s0: u64,
+        count: u64,
+    ) -> Result<(Vec<u8>, Vec<usize>)> {
         let k = self.geo.data;
         let oid = fid.chunk(chunk);
         let (off, len) = (s0 * FRAGMENT_UNIT, count * FRAGMENT_UNIT);
         let sources = self.sources(&oid, off, len).await;
-        let mut f = fetch(&self.core, oid, off, len, &sources, k).await;
-        if f.have() < k {
-            let up = self.core.up().iter().filter(|u| **u).count();
-            if up < k {
-                return Err(VolumeError::NoQuorum {
-                    volume: self.core.volume().to_owned(),
-                    op: "read",
-                    need: k,
-                    set: self.geo.bricks(),
-                    up,
-                });
-            }
-            return Err(f.last.take().unwrap_or(VolumeError::NoGoodCopy {
-                volume: self.core.volume().to_owned(),
-                fid,
-                chunk,
-                offset: s0 * self.geo.stripe_bytes(),
-            }));
-        }
-        if !(0..k).all(|j| f.frags[j].is_some()) || !f.bad.is_empty() {
+        let mut f = self.fetch_k(fid, chunk, off, len, &sources).await?;
+        if !(0..k).all(|j| f.frags[j].is_some()) {
             self.geo
                 .codec
                 .reconstruct(&mut f.frags)
                 .map_err(|e| codec_err(&self.core, e))?;
         }
-        // Give a brick that answered with an error its fragment back.
-        if !f.bad.is_empty() {
+        let data: Vec<Vec<u8>> = f.frags.into_iter().take(k).flatten().collect();
+        Ok((self.geo.join(&data), f.bad))
+    }
+
+    /// K fragments of `[off, off + len)` from `sources`, or why not.
+    async fn fetch_k(
+        &self,
+        fid: Fid,
+        chunk: u64,
+        off: u64,
+        len: u64,
+        sources: &[usize],
+    ) -> Result<Fetched> {
+        let k = self.geo.data;
+        let mut f = fetch(&self.core, fid.chunk(chunk), off, len, sources, k).await;
+        if f.have() >= k {
+            return Ok(f);
+        }
+        let up = self.core.up().iter().filter(|u| **u).count();
+        if up < k {
+            return Err(VolumeError::NoQuorum {
+                volume: self.core.volume().to_owned(),
+                op: "read",
+                need: k,
+                set: self.geo.bricks(),
+                up,
+            });
+        }
+        Err(f.last.take().unwrap_or(VolumeError::NoGoodCopy {
+            volume: self.core.volume().to_owned(),
+            fid,
+            chunk,
+            offset: off / FRAGMENT_UNIT * self.geo.stripe_bytes(),
+        }))
+    }
+
+    /// Gives bricks that answered a fragment read with an error their
+    /// fragments of stripes `[s0, s0 + count)` back, rebuilt from the
+    /// others. Under the chunk's lock, read afresh: a write of this client
+    /// may have changed the stripes since the read that found them bad.
+    async fn repair(&self, fid: Fid, chunk: u64, s0: u64, count: u64, bad: &[usize]) {
+        let oid = fid.chunk(chunk);
+        let _held = self.lock_stripes(&oid, s0, count).await;
+        let (off, len) = (s0 * FRAGMENT_UNIT, count * FRAGMENT_UNIT);
+        let sources: Vec<usize> = self
+            .sources(&oid, off, len)
+            .await
+            .into_iter()
+            .filter(|i| !bad.contains(i))
+            .collect();
+        let result = async {
+            let mut f = self.fetch_k(fid, chunk, off, len, &sources).await?;
+            for &i in bad {
+                f.frags[i] = None;
+            }
+            self.geo
+                .codec
+                .reconstruct(&mut f.frags)
+                .map_err(|e| codec_err(&self.core, e))?;
             let epochs = self.core.epochs(fid);
-            for &i in &f.bad {
+            for &i in bad {
                 if let Some(frag) = &f.frags[i] {
-                    if let Err(e) = self
-                        .core
+                    self.core
                         .put_region(oid, off, len, Some(frag), &[i], &epochs)
-                        .await
-                    {
-                        tracing::warn!(volume = self.core.volume(), %fid, brick = i, error = %e, "could not rewrite a bad fragment");
-                    }
+                        .await?;
+                    tracing::info!(volume = self.core.volume(), %fid, chunk, brick = self.core.links()[i].addr(), off, len, "rewrote a bad fragment");
                 }
             }
+            Ok::<(), VolumeError>(())
         }
-        let data: Vec<Vec<u8>> = f.frags.into_iter().take(k).flatten().collect();
-        Ok(self.geo.join(&data))
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(volume = self.core.volume(), %fid, chunk, error = %e, "could not rewrite a bad fragment");
+        }
     }
 
     async fn read_piece(&self, fid: Fid, chunk: u64, coff: u64, out: &mut [u8]) -> Result<()> {
@@ -365,7 +437,10 @@ impl Disperse {
         let mut s = s0;
         while s < s1 {
             let n = (s1 - s).min(per);
-            let data = self.read_stripes(fid, chunk, s, n).await?;
+            let (data, bad) = self.read_stripes(fid, chunk, s, n).await?;
+            if !bad.is_empty() {
+                self.repair(fid, chunk, s, n, &bad).await;
+            }
             let lo = (s * sw).max(coff);
             let hi = ((s + n) * sw).min(coff + out.len() as u64);
             out[(lo - coff) as usize..(hi - coff) as usize]
@@ -383,16 +458,18 @@ impl Disperse {
         let s0 = coff / sw;
         let s1 = end.div_ceil(sw);
         let oid = fid.chunk(chunk);
-        let _held = self.lock(&oid).lock().await;
+        let _held = self.lock_stripes(&oid, s0, s1 - s0).await;
         let mut buf = vec![0u8; ((s1 - s0) * sw) as usize];
         let head = coff % sw != 0;
         let tail = end % sw != 0;
+        // A bad fragment found here is fixed by the write itself: every
+        // brick gets its new fragment of these stripes.
         if head {
-            let old = self.read_stripes(fid, chunk, s0, 1).await?;
+            let (old, _) = self.read_stripes(fid, chunk, s0, 1).await?;
             buf[..sw as usize].copy_from_slice(&old);
         }
         if tail && (s1 - 1 != s0 || !head) {
-            let old = self.read_stripes(fid, chunk, s1 - 1, 1).await?;
+            let (old, _) = self.read_stripes(fid, chunk, s1 - 1, 1).await?;
             let at = ((s1 - 1 - s0) * sw) as usize;
             buf[at..at + sw as usize].copy_from_slice(&old);
         }
@@ -438,9 +515,11 @@ impl Disperse {
             .await
     }
 
-    /// Writes the fragments durably to the stage object on the bricks that
-    /// granted our lease; a quorum must take them before anything is
-    /// written in place.
+    /// Writes the fragments to the stage object on the bricks that granted
+    /// our lease; a quorum must take them before anything is written in
+    /// place. Not FUA: the stage guards against the *writer* dying (the
+    /// bricks keep what they acknowledged); a brick's own crash loses its
+    /// unflushed stage and in-place data alike, as for any unflushed write.
     async fn stage(
         &self,
         fid: Fid,
@@ -465,7 +544,7 @@ impl Disperse {
                         object: soid,
                         offset: off,
                         epoch: epochs[i],
-                        flags: FLAG_FUA,
+                        flags: 0,
                         crc32c: crcs[i],
                         data: DataRef::None,
                     }),

@@ -10,8 +10,9 @@
 //! surviving rows (`gf_invert_matrix`) and multiplies out the rows of the
 //! missing fragments, so both backends give the same bytes.
 
+use std::collections::HashMap;
 use std::ffi::c_int;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use libloading::Library;
 
@@ -167,7 +168,13 @@ pub struct IsalCodec {
     /// Parity rows (M × K).
     matrix: Vec<u8>,
     encode_tables: Vec<u8>,
+    /// Decode tables per loss pattern (which fragments are present): a
+    /// set that lost a brick decodes every stripe with the same ones.
+    decode_tables: Mutex<HashMap<Vec<bool>, Arc<Vec<u8>>>>,
 }
+
+/// Loss patterns whose decode tables are kept (then the cache starts over).
+const DECODE_CACHE: usize = 256;
 
 impl IsalCodec {
     /// The code `portable` defines, computed by ISA-L.
@@ -181,6 +188,7 @@ impl IsalCodec {
             parity,
             matrix: portable.matrix.clone(),
             encode_tables,
+            decode_tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -203,17 +211,9 @@ impl IsalCodec {
         }
     }
 
-    pub(crate) fn reconstruct(
-        &self,
-        shards: &mut [Option<Vec<u8>>],
-        len: usize,
-    ) -> Result<(), EcError> {
+    /// Tables that compute the `missing` fragments from the `src` ones.
+    fn decode_tables_for(&self, src: &[usize], missing: &[usize]) -> Result<Vec<u8>, EcError> {
         let k = self.data;
-        let src: Vec<usize> = (0..shards.len())
-            .filter(|&i| shards[i].is_some())
-            .take(k)
-            .collect();
-        let missing: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].is_none()).collect();
         // The data is D · (surviving fragments), D the inverse of their
         // generator rows; a missing fragment r is row_r · D · survivors.
         let sub: Vec<u8> = src.iter().flat_map(|&r| self.row(r)).collect();
@@ -233,7 +233,39 @@ impl IsalCodec {
                 decode[n * k + j] = acc;
             }
         }
-        let tables = self.lib.init_tables(k, missing.len(), &decode)?;
+        self.lib.init_tables(k, missing.len(), &decode)
+    }
+
+    pub(crate) fn reconstruct(
+        &self,
+        shards: &mut [Option<Vec<u8>>],
+        len: usize,
+    ) -> Result<(), EcError> {
+        let k = self.data;
+        let src: Vec<usize> = (0..shards.len())
+            .filter(|&i| shards[i].is_some())
+            .take(k)
+            .collect();
+        let missing: Vec<usize> = (0..shards.len()).filter(|&i| shards[i].is_none()).collect();
+        let pattern: Vec<bool> = shards.iter().map(Option::is_some).collect();
+        let cached = self
+            .decode_tables
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&pattern)
+            .cloned();
+        let tables = match cached {
+            Some(t) => t,
+            None => {
+                let t = Arc::new(self.decode_tables_for(&src, &missing)?);
+                let mut cache = self.decode_tables.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= DECODE_CACHE {
+                    cache.clear();
+                }
+                cache.insert(pattern, t.clone());
+                t
+            }
+        };
         let mut outs = vec![vec![0u8; len]; missing.len()];
         {
             let ins: Vec<&[u8]> = src.iter().filter_map(|&i| shards[i].as_deref()).collect();
