@@ -20,6 +20,8 @@ APT_PACKAGES=(
     qemu-utils  # qemu-img, qemu-io (NBD real-client tests)
     iproute2    # network namespaces for partition tests
     procps      # pkill/pgrep-free process checks (ps)
+    libisal2    # ISA-L erasure coding, loaded at run time (volume::ec)
+    libisal-dev # (the same; tests compare it with the portable codec)
 )
 
 log() { printf '\n=== %s\n' "$*"; }

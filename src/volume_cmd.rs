@@ -24,12 +24,12 @@ pub struct VolumeArgs {
 
 #[derive(Subcommand, Debug)]
 enum VolumeCmd {
-    /// Create a volume: `create NAME [replica N | stripe S] BRICK...` (BRICK = HOST:PORT of a running brick).
+    /// Create a volume: `create NAME [replica N | disperse K+M | stripe S] BRICK...` (BRICK = HOST:PORT of a running brick).
     /// With no type, chunks are distributed over the bricks by hash (no redundancy).
     Create {
         /// The volume's name.
         name: String,
-        /// `[replica N | stripe S] BRICK...`
+        /// `[replica N | disperse K+M | stripe S] BRICK...`
         #[arg(required = true, num_args = 1..)]
         layout: Vec<String>,
         /// Chunk size, e.g. 64M, 1G (a power of two, at least 1M).
@@ -440,7 +440,7 @@ async fn replace_brick(
     full_heal(&r.spec, secret, &t, "replace-brick").await
 }
 
-/// `[replica N] BRICK...`
+/// `[replica N | disperse K+M] BRICK...`
 fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
     match args {
         [kw, n, bricks @ ..] if kw == "replica" => {
@@ -457,11 +457,16 @@ fn parse_layout(args: &[String]) -> Result<(VolumeKind, Vec<String>)> {
             Ok((VolumeKind::Stripe { count }, bricks.to_vec()))
         }
         [kw, ..] if kw == "stripe" => bail!("stripe needs a count, e.g. `stripe 4`"),
-        [kw, ..] if kw == "disperse" => {
-            bail!(
-                "{kw} volumes are not available in this build (distribute, replica and stripe are)"
-            )
+        [kw, g, bricks @ ..] if kw == "disperse" => {
+            let bad = || {
+                anyhow::anyhow!("bad disperse geometry {g:?}: expected K+M, e.g. `disperse 4+2`")
+            };
+            let (k, m) = g.split_once('+').ok_or_else(bad)?;
+            let data: u32 = k.parse().map_err(|_| bad())?;
+            let redundancy: u32 = m.parse().map_err(|_| bad())?;
+            Ok((VolumeKind::Disperse { data, redundancy }, bricks.to_vec()))
         }
+        [kw, ..] if kw == "disperse" => bail!("disperse needs K+M, e.g. `disperse 4+2`"),
         bricks => Ok((VolumeKind::Distribute, bricks.to_vec())),
     }
 }
@@ -473,6 +478,8 @@ fn type_name(spec: &VolumeSpec) -> &'static str {
         (VolumeKind::Replicate { .. }, true) => "Distributed-Replicate",
         (VolumeKind::Stripe { .. }, false) => "Stripe",
         (VolumeKind::Stripe { .. }, true) => "Distributed-Stripe",
+        (VolumeKind::Disperse { .. }, false) => "Disperse",
+        (VolumeKind::Disperse { .. }, true) => "Distributed-Disperse",
     }
 }
 
@@ -493,6 +500,13 @@ pub fn format_info(spec: &VolumeSpec) -> String {
         }
         VolumeKind::Replicate { replica: k } | VolumeKind::Stripe { count: k } => {
             let _ = writeln!(s, "Number of Bricks: {} x {k} = {n}", spec.set_count());
+        }
+        VolumeKind::Disperse { data, redundancy } => {
+            let _ = writeln!(
+                s,
+                "Number of Bricks: {} x ({data} + {redundancy}) = {n}",
+                spec.set_count()
+            );
         }
     }
     if let VolumeKind::Stripe { .. } = spec.kind {

@@ -6,6 +6,7 @@
 //! Stretto/peer.
 
 pub mod brick_tcp;
+pub mod ec;
 pub mod fio;
 pub mod nbd;
 pub mod objects;

@@ -2,7 +2,9 @@
 //! translators its layout calls for, and hands out object handles.
 //!
 //! Stack: one [`Replicate`] per set (a plain distribute volume has sets of
-//! one brick), under one [`Distribute`] when there are several sets.
+//! one brick), or one [`Disperse`] per set of a dispersed volume (over a
+//! `Replicate` core that keeps its leases and marks), under one
+//! [`Distribute`] when there are several sets.
 //!
 //! Object size: the stat size of the object's size-record chunk
 //! ([`crate::xlator::SIZE_CHUNK`]), grown by writes that end past it.
@@ -16,6 +18,7 @@ use tokio::task::AbortHandle;
 use transport::wire::GetVolConfig;
 use transport::{ClientOptions, Payload, Request, Response, Secret};
 
+use crate::disperse::{Disperse, Geometry};
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
 use crate::link::BrickLink;
@@ -61,6 +64,7 @@ struct Stack {
     spec: VolumeSpec,
     links: Vec<Arc<BrickLink>>,
     sets: Vec<Arc<Replicate>>,
+    dispersed: Vec<Arc<Disperse>>,
     root: Arc<dyn Translator>,
     records: Arc<ReplicatedRecords>,
 }
@@ -139,7 +143,28 @@ fn build_stack(
         None => Replicate::new(spec, set_links, owner),
     };
     let mut sets = Vec::new();
+    let mut dispersed = Vec::new();
     let parts: Vec<Arc<dyn Translator>> = match spec.kind {
+        VolumeKind::Disperse { data, redundancy } => {
+            let g = Arc::new(
+                Geometry::new(data as usize, redundancy as usize)
+                    .map_err(|e| bad(e.to_string()))?,
+            );
+            let mut tops: Vec<Arc<dyn Translator>> = Vec::new();
+            for s in 0..spec.set_count() {
+                let set_links = links[s * n..(s + 1) * n].to_vec();
+                // `succeed` keeps the old core's geometry.
+                let core = Arc::new(match prev.and_then(|p| p.sets.get(s)) {
+                    Some(old) => old.succeed(&spec, set_links)?,
+                    None => Replicate::new_disperse(&spec, set_links, owner, g.clone())?,
+                });
+                let d = Arc::new(Disperse::new(core.clone(), g.clone(), spec.chunk_size));
+                sets.push(core);
+                dispersed.push(d.clone());
+                tops.push(d);
+            }
+            tops
+        }
         VolumeKind::Stripe { .. } => {
             // Each column is a set of one brick (its own lease, epochs,
             // CRC checks); the stripe maps offsets over them.
@@ -202,6 +227,7 @@ fn build_stack(
         spec,
         links,
         sets,
+        dispersed,
         root,
         records,
     })
@@ -298,9 +324,16 @@ impl Client {
     }
 
     /// The replica sets, in set order (for a stripe volume: one set of one
-    /// brick per column, in brick order).
+    /// brick per column, in brick order; for a dispersed volume, each set's
+    /// core: its leases, marks and heal).
     pub fn sets(&self) -> Vec<Arc<Replicate>> {
         self.shared.current().sets.clone()
+    }
+
+    /// The dispersed sets, in set order (empty unless the volume is
+    /// dispersed); their cores are [`Client::sets`].
+    pub fn dispersed(&self) -> Vec<Arc<Disperse>> {
+        self.shared.current().dispersed.clone()
     }
 
     /// The brick links, in brick order.

@@ -107,6 +107,13 @@ pub enum VolumeError {
         op: &'static str,
         detail: String,
     },
+    /// The erasure code refused (a dispersed set).
+    #[error("volume {volume}: {source}")]
+    Codec {
+        volume: String,
+        #[source]
+        source: crate::ec::EcError,
+    },
     /// A split-brain policy names a brick that is not in the set.
     #[error("volume {volume}: {reason}")]
     Heal { volume: String, reason: String },

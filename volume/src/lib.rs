@@ -21,7 +21,9 @@
 //! `brick` or `storage` (a client reaches bricks only through `transport`).
 
 pub mod client;
+pub mod disperse;
 pub mod distribute;
+pub mod ec;
 pub mod error;
 pub mod heal;
 pub mod link;
@@ -36,6 +38,7 @@ pub mod volfile;
 pub mod xlator;
 
 pub use client::{Client, Object};
+pub use disperse::Disperse;
 pub use distribute::Distribute;
 pub use error::{Result, VolumeError};
 pub use replicate::{Quorum, Replicate};

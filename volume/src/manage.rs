@@ -93,6 +93,18 @@ pub enum ManageError {
     BadReplica { replica: u32 },
     #[error("replica {replica} needs a multiple of {replica} bricks, got {got}")]
     BrickCount { replica: u32, got: usize },
+    #[error("disperse {data}+{redundancy} is not allowed: {reason}")]
+    BadDisperse {
+        data: u32,
+        redundancy: u32,
+        reason: &'static str,
+    },
+    #[error("disperse {data}+{redundancy} needs a multiple of {} bricks, got {got}", data + redundancy)]
+    DisperseBrickCount {
+        data: u32,
+        redundancy: u32,
+        got: usize,
+    },
     #[error("bad chunk size {size}: must be a power of two of at least 1 MiB")]
     BadChunkSize { size: u64 },
     #[error("no volume named {name}")]
@@ -591,6 +603,32 @@ fn check_bricks(kind: VolumeKind, bricks: &[String]) -> Result<(), ManageError> 
             });
         }
     }
+    if let VolumeKind::Disperse { data, redundancy } = kind {
+        let bad = |reason| ManageError::BadDisperse {
+            data,
+            redundancy,
+            reason,
+        };
+        if data < 2 {
+            return Err(bad("needs at least 2 data fragments (use replica for 1)"));
+        }
+        if redundancy < 1 {
+            return Err(bad("needs at least 1 redundancy fragment"));
+        }
+        if redundancy >= data {
+            return Err(bad("redundancy must be less than data (use replica)"));
+        }
+        if data + redundancy > 256 {
+            return Err(bad("more than 256 fragments per stripe"));
+        }
+        if bricks.len() % (data + redundancy) as usize != 0 {
+            return Err(ManageError::DisperseBrickCount {
+                data,
+                redundancy,
+                got: bricks.len(),
+            });
+        }
+    }
     let mut seen = BTreeSet::new();
     for b in bricks {
         let bad = || ManageError::BadBrick { brick: b.clone() };
@@ -626,9 +664,14 @@ pub fn check_option(spec: &VolumeSpec, key: &str, value: &str) -> Result<String,
         },
         "quorum-count" => {
             let max = spec.kind.set_size() as u64;
+            // A dispersed set cannot take a write on fewer than K bricks.
+            let min = match spec.kind {
+                VolumeKind::Disperse { data, .. } => u64::from(data),
+                _ => 1,
+            };
             match value.parse::<u64>() {
-                Ok(n) if (1..=max).contains(&n) => Ok(n.to_string()),
-                _ => Err(bad(format!("a number of bricks from 1 to {max}"))),
+                Ok(n) if (min..=max).contains(&n) => Ok(n.to_string()),
+                _ => Err(bad(format!("a number of bricks from {min} to {max}"))),
             }
         }
         "ping-timeout" => match value.parse::<u64>() {
@@ -812,6 +855,7 @@ pub async fn replace_brick(
         VolumeKind::Replicate { replica } => pos / replica.max(1) as usize,
         VolumeKind::Stripe { count } => pos / count.max(1) as usize,
         VolumeKind::Distribute => pos,
+        VolumeKind::Disperse { .. } => pos / spec.kind.set_size().max(1),
     };
     let mut new_spec = spec.clone();
     if new_spec.bricks.get(pos).map(String::as_str) != Some(old) {

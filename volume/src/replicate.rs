@@ -31,6 +31,7 @@ use transport::wire::{
 };
 use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
 
+use crate::disperse::Geometry;
 use crate::error::{Result, VolumeError};
 use crate::link::{BrickLink, CallFail};
 use crate::spec::VolumeSpec;
@@ -80,6 +81,35 @@ impl Quorum {
             }
             t => Err(bad(format!("quorum-type {t:?} is not auto, fixed or none"))),
         }
+    }
+
+    /// The quorum of a dispersed set of `n` bricks with `k` data
+    /// fragments: `quorum-type auto` (default) K + 1 (at most `n`), `fixed`
+    /// (`quorum-count`, in `k..=n`), `none` (K, the fewest that hold a
+    /// stripe).
+    pub fn for_disperse(spec: &VolumeSpec, k: usize, n: usize) -> Result<Quorum> {
+        let need = match spec.option("quorum-type", "auto") {
+            "auto" => (k + 1).min(n),
+            "none" => k,
+            "fixed" => {
+                let q = Quorum::from_spec(spec, n)?;
+                if q.need < k {
+                    return Err(VolumeError::Spec {
+                        volume: spec.name.clone(),
+                        reason: format!(
+                            "quorum-count {} is below the {k} fragments a stripe needs",
+                            q.need
+                        ),
+                    });
+                }
+                q.need
+            }
+            _ => Quorum::from_spec(spec, n)?.need,
+        };
+        Ok(Quorum {
+            need,
+            first_required: false,
+        })
     }
 
     /// Do the bricks marked `true` make quorum?
@@ -137,6 +167,9 @@ pub struct Replicate {
     /// read of the good copy and its write of the bad one (which would put
     /// the older bytes back on one brick only).
     repair_gate: tokio::sync::RwLock<()>,
+    /// Set for the core of a dispersed set: region copies and settles
+    /// then rebuild fragments by decoding instead of copying bytes.
+    disperse: Option<Arc<Geometry>>,
 }
 
 impl std::fmt::Debug for Replicate {
@@ -149,7 +182,7 @@ impl std::fmt::Debug for Replicate {
     }
 }
 
-fn reply_err(r: &Response) -> Option<&ErrorReply> {
+pub(crate) fn reply_err(r: &Response) -> Option<&ErrorReply> {
     match r {
         Response::Error(e) => Some(e),
         _ => None,
@@ -161,7 +194,30 @@ impl Replicate {
     /// owner id.
     pub fn new(spec: &VolumeSpec, links: Vec<Arc<BrickLink>>, owner: u64) -> Result<Replicate> {
         let quorum = Quorum::from_spec(spec, links.len())?;
-        Ok(Replicate {
+        Ok(Replicate::build(spec, links, owner, quorum, None))
+    }
+
+    /// The core of a dispersed set over `links`: leases, marks, the size
+    /// record and the activity log work as for a replica set; the quorum
+    /// is [`Quorum::for_disperse`], and heal and settle decode fragments.
+    pub fn new_disperse(
+        spec: &VolumeSpec,
+        links: Vec<Arc<BrickLink>>,
+        owner: u64,
+        geometry: Arc<Geometry>,
+    ) -> Result<Replicate> {
+        let quorum = Quorum::for_disperse(spec, geometry.data, links.len())?;
+        Ok(Replicate::build(spec, links, owner, quorum, Some(geometry)))
+    }
+
+    fn build(
+        spec: &VolumeSpec,
+        links: Vec<Arc<BrickLink>>,
+        owner: u64,
+        quorum: Quorum,
+        disperse: Option<Arc<Geometry>>,
+    ) -> Replicate {
+        Replicate {
             volume: spec.name.clone(),
             volume_id: spec.id,
             chunk_size: spec.chunk_size,
@@ -174,7 +230,18 @@ impl Replicate {
             links,
             next: AtomicUsize::new(0),
             repair_gate: tokio::sync::RwLock::new(()),
-        })
+            disperse,
+        }
+    }
+
+    /// The volume's name.
+    pub fn volume(&self) -> &str {
+        &self.volume
+    }
+
+    /// The volume's id.
+    pub fn volume_id(&self) -> u32 {
+        self.volume_id
     }
 
     /// The same set under a newer volume description (`spec`, `links` in
@@ -184,7 +251,10 @@ impl Replicate {
     /// the lease on the next change, as a brick that restarts is), the
     /// regions marked active under them, and the pending marks it knows.
     pub fn succeed(&self, spec: &VolumeSpec, links: Vec<Arc<BrickLink>>) -> Result<Replicate> {
-        let next = Replicate::new(spec, links, self.owner)?;
+        let next = match &self.disperse {
+            Some(g) => Replicate::new_disperse(spec, links, self.owner, g.clone())?,
+            None => Replicate::new(spec, links, self.owner)?,
+        };
         // Old index -> new index, for bricks in both.
         let map: Vec<Option<usize>> = self
             .links
@@ -234,11 +304,11 @@ impl Replicate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn up(&self) -> Vec<bool> {
+    pub(crate) fn up(&self) -> Vec<bool> {
         self.links.iter().map(|l| l.is_up()).collect()
     }
 
-    fn no_quorum(&self, op: &'static str, up: &[bool]) -> VolumeError {
+    pub(crate) fn no_quorum(&self, op: &'static str, up: &[bool]) -> VolumeError {
         VolumeError::NoQuorum {
             volume: self.volume.clone(),
             op,
@@ -268,7 +338,7 @@ impl Replicate {
         out
     }
 
-    fn transport_err(
+    pub(crate) fn transport_err(
         &self,
         op: &'static str,
         i: usize,
@@ -334,12 +404,12 @@ impl Replicate {
         st.seen_ups = ups;
     }
 
-    fn stale_for(&self, oid: &ObjectId, first: u32, count: u32, brick: usize) -> bool {
+    pub(crate) fn stale_for(&self, oid: &ObjectId, first: u32, count: u32, brick: usize) -> bool {
         let st = self.st();
         (first..first.saturating_add(count)).any(|r| st.stale.contains(&(*oid, r, brick as u32)))
     }
 
-    fn lease_epochs(&self, fid: Fid) -> Result<Vec<u64>> {
+    pub(crate) fn lease_epochs(&self, fid: Fid) -> Result<Vec<u64>> {
         let st = self.st();
         match st.leases.get(&fid) {
             None => Ok(vec![0; self.links.len()]),
@@ -365,7 +435,7 @@ impl Replicate {
 
     /// Under a lease, bricks that are up but not granted (they were down at
     /// acquire time, or restarted) are asked to join it.
-    async fn join_lease(&self, fid: Fid, up: &[bool]) {
+    pub(crate) async fn join_lease(&self, fid: Fid, up: &[bool]) {
         let (missing, duration_ms) = {
             let st = self.st();
             let Some(h) = st.leases.get(&fid) else { return };
@@ -407,7 +477,7 @@ impl Replicate {
 
     /// Activity log: marks the regions active on the bricks that are up
     /// before the first change to them under the lease.
-    async fn mark_active(
+    pub(crate) async fn mark_active(
         &self,
         fid: Fid,
         oid: ObjectId,
@@ -459,14 +529,16 @@ impl Replicate {
 
     /// A change (write, punch, zero) of one chunk piece: fan out, mark the
     /// bricks that missed it, check quorum.
-    async fn change(
+    /// `need_clean`: how many bricks clean for the regions must take it
+    /// (1 for a replica set; K for a dispersed one, whose reads need K
+    /// fragments). `mk(i, chunk, epoch)` makes brick `i`'s request.
+    pub(crate) async fn change(
         &self,
         op: &'static str,
         fid: Fid,
-        chunk: u64,
-        offset: u64,
-        len: u64,
-        mk: impl Fn(ObjectId, u64) -> (Request, Payload),
+        (chunk, offset, len): (u64, u64, u64),
+        need_clean: usize,
+        mk: impl Fn(usize, ObjectId, u64) -> (Request, Payload),
     ) -> Result<()> {
         self.load_marks(false).await;
         let oid = fid.chunk(chunk);
@@ -491,7 +563,8 @@ impl Replicate {
         let mut clean: Vec<bool> = (0..self.links.len())
             .map(|i| up[i] && !self.stale_for(&oid, first, count, i))
             .collect();
-        if !clean.iter().any(|g| *g) {
+        let enough = |c: &[bool]| c.iter().filter(|g| **g).count() >= need_clean;
+        if !enough(&clean) {
             self.load_marks(true).await;
             clean = (0..self.links.len())
                 .map(|i| up[i] && !self.stale_for(&oid, first, count, i))
@@ -503,7 +576,7 @@ impl Replicate {
             chunk,
             offset,
         };
-        if !clean.iter().any(|g| *g) {
+        if !enough(&clean) {
             return Err(no_good_copy());
         }
         let leased = epochs.iter().any(|e| *e != 0);
@@ -512,7 +585,7 @@ impl Replicate {
             self.mark_active(fid, oid, first, count, &targets).await?;
         }
         let gate = self.repair_gate.read().await;
-        let answers = self.fan_out(&targets, |i| mk(oid, epochs[i])).await;
+        let answers = self.fan_out(&targets, |i| mk(i, oid, epochs[i])).await;
         drop(gate);
         let mut ok = vec![false; self.links.len()];
         let mut fenced = None;
@@ -559,13 +632,13 @@ impl Replicate {
                 .unavailable(op, fid, chunk, offset, reason)
                 .unwrap_or_else(|| self.no_quorum(op, &ok)));
         }
-        if !(0..ok.len()).any(|i| ok[i] && clean[i]) {
+        if (0..ok.len()).filter(|&i| ok[i] && clean[i]).count() < need_clean {
             return Err(no_good_copy());
         }
         Ok(())
     }
 
-    async fn add_pending(
+    pub(crate) async fn add_pending(
         &self,
         oid: ObjectId,
         first: u32,
@@ -714,22 +787,28 @@ impl Replicate {
             let piece = &data[p.at as usize..(p.at + p.len) as usize];
             // One CRC pass per piece, whatever the number of copies.
             let crcs = transport::wire::block_crcs(p.offset, piece);
-            self.change("write", fid, p.chunk, p.offset, p.len, |oid, epoch| {
-                (
-                    Request::WriteBlocks(WriteBlocksReq {
-                        write: WriteReq {
-                            object: oid,
-                            offset: p.offset,
-                            epoch,
-                            flags: 0,
-                            crc32c: 0,
-                            data: DataRef::None,
-                        },
-                        crcs: crcs.clone(),
-                    }),
-                    Payload::Out(IoBuf::from_slice(piece)),
-                )
-            })
+            self.change(
+                "write",
+                fid,
+                (p.chunk, p.offset, p.len),
+                1,
+                |_, oid, epoch| {
+                    (
+                        Request::WriteBlocks(WriteBlocksReq {
+                            write: WriteReq {
+                                object: oid,
+                                offset: p.offset,
+                                epoch,
+                                flags: 0,
+                                crc32c: 0,
+                                data: DataRef::None,
+                            },
+                            crcs: crcs.clone(),
+                        }),
+                        Payload::Out(IoBuf::from_slice(piece)),
+                    )
+                },
+            )
             .await?;
         }
         Ok(())
@@ -753,7 +832,7 @@ impl Replicate {
         offset: u64,
         len: u64,
     ) -> Result<()> {
-        self.change(op, fid, chunk, offset, len, |oid, epoch| {
+        self.change(op, fid, (chunk, offset, len), 1, |_, oid, epoch| {
             let r = RangeReq {
                 object: oid,
                 offset,
@@ -947,6 +1026,30 @@ impl Replicate {
                             )
                         })
                         .await;
+                        // A dispersed set's staged fragments of the region
+                        // are not needed once it is clean: give the space
+                        // back (best effort; a leftover is never read).
+                        if self.disperse.is_some() && oid.chunk != SIZE_CHUNK {
+                            let stage = ObjectId {
+                                chunk: oid.chunk | crate::disperse::STAGE_BIT,
+                                ..oid
+                            };
+                            let granted: Vec<usize> =
+                                upi.iter().copied().filter(|&i| h.epochs[i] != 0).collect();
+                            self.fan_out(&granted, |i| {
+                                (
+                                    Request::Punch(RangeReq {
+                                        object: stage,
+                                        offset: u64::from(r) * REGION_SIZE,
+                                        len: REGION_SIZE,
+                                        epoch: h.epochs[i],
+                                        flags: 0,
+                                    }),
+                                    Payload::None,
+                                )
+                            })
+                            .await;
+                        }
                     }
                 }
                 let holders: Vec<usize> = (0..h.epochs.len())
@@ -973,6 +1076,11 @@ impl Replicate {
         dsts: &[usize],
         epochs: &[u64],
     ) -> Result<u64> {
+        if let Some(g) = &self.disperse {
+            if oid.chunk != SIZE_CHUNK {
+                return crate::disperse::rebuild_region(self, g, oid, region, dsts, epochs).await;
+            }
+        }
         let fid = Fid::of(&oid);
         let start = region as u64 * REGION_SIZE;
         let (r, _) = self.links[src]
@@ -1034,7 +1142,7 @@ impl Replicate {
 
     /// Writes `data` (or punches, for `None`) durably to `dsts`; returns the
     /// data bytes written per target.
-    async fn put_region(
+    pub(crate) async fn put_region(
         &self,
         oid: ObjectId,
         start: u64,
@@ -1125,6 +1233,9 @@ impl Replicate {
     /// the bricks that are up (copied from one brick no one marks stale
     /// there), then clears those marks. Returns the regions settled.
     pub async fn settle(&self, fid: Fid) -> Result<usize> {
+        if let Some(g) = &self.disperse {
+            return crate::disperse::settle(self, g, fid).await;
+        }
         self.load_marks(true).await;
         let up = self.up();
         let upi: Vec<usize> = (0..self.links.len()).filter(|&i| up[i]).collect();
@@ -1326,7 +1437,7 @@ impl Replicate {
     }
 }
 
-fn list_req(op: MarksOp, volume: u32, fid: Fid) -> Request {
+pub(crate) fn list_req(op: MarksOp, volume: u32, fid: Fid) -> Request {
     Request::Marks(MarksReq {
         op,
         target: 0,

@@ -27,6 +27,15 @@ pub enum VolumeKind {
         /// Bricks per set (columns of the stripe).
         count: u32,
     },
+    /// Each chunk cut into stripes of `data` fragments plus `redundancy`
+    /// Reed-Solomon parity fragments, one per brick of a set of
+    /// `data + redundancy` bricks; any `data` of them rebuild a stripe.
+    Disperse {
+        /// K: data fragments per stripe.
+        data: u32,
+        /// M: parity fragments per stripe (bricks that may be lost).
+        redundancy: u32,
+    },
 }
 
 /// Default stripe unit of a stripe volume (option `stripe-unit`).
@@ -39,6 +48,7 @@ impl VolumeKind {
             VolumeKind::Distribute => 1,
             VolumeKind::Replicate { replica } => *replica as usize,
             VolumeKind::Stripe { count } => *count as usize,
+            VolumeKind::Disperse { data, redundancy } => (*data + *redundancy) as usize,
         }
     }
 }
@@ -49,6 +59,7 @@ impl fmt::Display for VolumeKind {
             VolumeKind::Distribute => write!(f, "distribute"),
             VolumeKind::Replicate { replica } => write!(f, "replica {replica}"),
             VolumeKind::Stripe { count } => write!(f, "stripe {count}"),
+            VolumeKind::Disperse { data, redundancy } => write!(f, "disperse {data}+{redundancy}"),
         }
     }
 }

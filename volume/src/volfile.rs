@@ -49,7 +49,9 @@
 //!      then option_cnt × (key str, value str), keys strictly increasing
 //! ```
 //! `layout`: 0 distribute (`replica` must be 0), 1 replicate (`replica` ≥ 1),
-//! 3 stripe (`replica` holds the stripe count, ≥ 2; 2 is left for disperse).
+//! 2 disperse: then bytes 8..12 are two u16, `data` (K ≥ 1) at 8 and
+//! `redundancy` (M ≥ 1) at 10, with K + M ≤ 256.
+//! 3 stripe (`replica` holds the stripe count, ≥ 2).
 //! `state`: 0 created, 1 started, 2 stopped.
 //!
 //! # Deleted body (kind 2)
@@ -184,6 +186,10 @@ const VOL_FIXED: usize = 40;
 
 const LAYOUT_DISTRIBUTE: u8 = 0;
 const LAYOUT_REPLICATE: u8 = 1;
+const LAYOUT_DISPERSE: u8 = 2;
+/// Disperse: K (u16) and M (u16) in the `replica` field.
+const VOL_DISPERSE_DATA: usize = 8;
+const VOL_DISPERSE_REDUNDANCY: usize = 10;
 const LAYOUT_STRIPE: u8 = 3;
 const STATE_CREATED: u8 = 0;
 const STATE_STARTED: u8 = 1;
@@ -420,6 +426,16 @@ fn encode_volume(w: &mut Writer, spec: &VolumeSpec) -> Result<(), VolfileError> 
         VolumeKind::Distribute => (LAYOUT_DISTRIBUTE, 0),
         VolumeKind::Replicate { replica } => (LAYOUT_REPLICATE, replica),
         VolumeKind::Stripe { count } => (LAYOUT_STRIPE, count),
+        VolumeKind::Disperse { data, redundancy } => {
+            let (Ok(k), Ok(m)) = (u16::try_from(data), u16::try_from(redundancy)) else {
+                return Err(VolfileError::BadField {
+                    what: "disperse geometry",
+                    value: u64::from(data) << 32 | u64::from(redundancy),
+                });
+            };
+            // Little-endian u32 of (M << 16 | K) is K at 8, M at 10.
+            (LAYOUT_DISPERSE, u32::from(m) << 16 | u32::from(k))
+        }
     };
     let state = match spec.state {
         VolumeState::Created => STATE_CREATED,
@@ -586,6 +602,17 @@ fn decode_volume(r: &mut Reader<'_>) -> Result<VolumeSpec, VolfileError> {
         LAYOUT_DISTRIBUTE if replica == 0 => VolumeKind::Distribute,
         LAYOUT_REPLICATE if replica >= 1 => VolumeKind::Replicate { replica },
         LAYOUT_STRIPE if replica >= 2 => VolumeKind::Stripe { count: replica },
+        LAYOUT_DISPERSE => {
+            let data = u32::from(f.u16_at(VOL_DISPERSE_DATA));
+            let redundancy = u32::from(f.u16_at(VOL_DISPERSE_REDUNDANCY));
+            if data == 0 || redundancy == 0 || data + redundancy > 256 {
+                return Err(VolfileError::BadField {
+                    what: "disperse geometry",
+                    value: replica as u64,
+                });
+            }
+            VolumeKind::Disperse { data, redundancy }
+        }
         LAYOUT_DISTRIBUTE | LAYOUT_REPLICATE | LAYOUT_STRIPE => {
             return Err(VolfileError::BadField {
                 what: "replica",

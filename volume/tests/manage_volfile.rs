@@ -60,6 +60,31 @@ fn volume_record_byte_fixture() {
     assert_eq!(decode(&expected).unwrap(), Record::Volume(fixture_spec()));
 }
 
+/// A disperse 4+2 volume: layout 2, K and M as two u16 in the `replica`
+/// field; bad geometries are refused.
+#[test]
+fn disperse_record_bytes() {
+    let mut spec = fixture_spec();
+    spec.kind = VolumeKind::Disperse {
+        data: 4,
+        redundancy: 2,
+    };
+    let bytes = encode_spec(&spec).unwrap();
+    // 16-byte envelope, then the body: layout at 4, K at 8, M at 10.
+    assert_eq!(bytes[16 + 4], 2);
+    assert_eq!(&bytes[16 + 8..16 + 12], &[4, 0, 2, 0]);
+    assert_eq!(decode(&bytes).unwrap(), Record::Volume(spec.clone()));
+    for (k, m) in [(0u8, 2u8), (4, 0)] {
+        let mut body = bytes[16..].to_vec();
+        body[8] = k;
+        body[10] = m;
+        let mut head = bytes[..12].to_vec();
+        let crc = crc32c_of(&head, &body);
+        head.extend_from_slice(&crc.to_le_bytes());
+        assert!(decode(&[head, body].concat()).is_err(), "{k}+{m} accepted");
+    }
+}
+
 /// CRC32C (Castagnoli), bitwise, written out here so the fixture does not
 /// trust the code under test for its checksum.
 fn crc32c_of(a: &[u8], b: &[u8]) -> u32 {
@@ -143,7 +168,9 @@ fn arb_spec() -> impl Strategy<Value = VolumeSpec> {
         prop_oneof![
             Just(VolumeKind::Distribute),
             (1u32..5).prop_map(|replica| VolumeKind::Replicate { replica }),
-            (2u32..9).prop_map(|count| VolumeKind::Stripe { count })
+            (2u32..9).prop_map(|count| VolumeKind::Stripe { count }),
+            (1u32..200, 1u32..57)
+                .prop_map(|(data, redundancy)| VolumeKind::Disperse { data, redundancy })
         ],
         prop::collection::vec("[a-z0-9.]{1,12}:[0-9]{1,5}", 0..8),
         any::<u64>(),

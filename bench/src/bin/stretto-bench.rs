@@ -19,6 +19,9 @@ enum Which {
     /// NBD exports (single-brick and replica-3 volumes) vs nbdkit and qemu-nbd, via fio's nbd engine.
     /// Needs target/release/stretto next to this binary (`cargo build --release`).
     Nbd,
+    /// Erasure coding: encode/reconstruct GB/s, portable and ISA-L backends vs ISA-L called directly;
+    /// then disperse 4+2 vs replica 3 volume throughput (needs target/release/stretto).
+    Ec,
     /// volume::Client in-process: replica-3 vs single brick, and heal time vs data missed.
     /// Needs target/release/stretto next to this binary (`cargo build --release`).
     Volume,
@@ -77,6 +80,9 @@ fn main() -> Result<()> {
         }
         if matches!(args.which, Which::All | Which::Transport) {
             stretto_bench::brick_tcp::run(&dir, args.quick)?;
+        }
+        if matches!(args.which, Which::All | Which::Ec) {
+            stretto_bench::ec::run(&dir, args.quick)?;
         }
         if matches!(args.which, Which::All | Which::Volume) {
             stretto_bench::volume::run(&dir, args.quick)?;
