@@ -34,12 +34,14 @@
 use std::sync::Arc;
 
 use iobuf::IoBuf;
-use transport::wire::{DataRef, MarksOp, MarksReq, ObjectId, ReadReq, WriteReq, REGION_SIZE};
-use transport::{BoxFuture, ErrorCode, ErrorReply, Payload, Request, Response};
+use transport::wire::{
+    block_crcs, DataRef, MarksOp, MarksReq, ObjectId, WriteBlocksReq, WriteReq, REGION_SIZE,
+};
+use transport::{BoxFuture, Payload, Request, Response};
 
 use crate::ec::{Codec, EcError};
 use crate::error::{Result, VolumeError};
-use crate::replicate::{list_req, regions, reply_err, Replicate};
+use crate::replicate::{list_req, read_blocks_req, regions, BrickRead, Replicate};
 use crate::xlator::{split, Fid, LeaseAction, LeaseOutcome, Translator, SIZE_CHUNK};
 
 /// Bytes of one fragment of one stripe (one page: fragments stay aligned
@@ -144,10 +146,13 @@ struct Fetched {
     /// Fragment per brick (zero-padded to the length asked), `None` where
     /// not read.
     frags: Vec<Option<Vec<u8>>>,
-    /// Bytes each brick really held (a chunk may end early; the rest reads
-    /// as zeros).
+    /// Bytes each brick really held (0 where it has no such object: the
+    /// fragment reads as zeros).
     lens: Vec<usize>,
-    /// Bricks that answered with an error (not "no such chunk").
+    /// Bricks whose fragment is bad: answered `Corrupt` (a block at rest
+    /// failed its CRC32C), failed its piece CRCs on return, or answered
+    /// with another error (not "no such chunk"). Counted as missing; a
+    /// read rewrites them from the others.
     bad: Vec<usize>,
     /// The last failure, to report when too few fragments came back.
     last: Option<VolumeError>,
@@ -159,9 +164,10 @@ impl Fetched {
     }
 }
 
-/// Reads `[off, off + len)` of brick object `oid` from bricks taken in the
-/// order of `sources` until `want` fragments came back (or sources run
-/// out), `want` at a time in parallel.
+/// Reads `[off, off + len)` of brick object `oid` (`ReadBlocks`: checked
+/// at rest by the brick and against the piece CRCs on return) from bricks
+/// taken in the order of `sources` until `want` fragments came back (or
+/// sources run out), `want` at a time in parallel.
 async fn fetch(
     core: &Replicate,
     oid: ObjectId,
@@ -184,51 +190,67 @@ async fn fetch(
         let batch = &sources[next..next + take];
         next += take;
         let answers = core
-            .fan_out(batch, |_| {
-                (
-                    Request::Read(ReadReq {
-                        object: oid,
-                        offset: off,
-                        len: len as u32,
-                        data: DataRef::None,
-                    }),
-                    Payload::In(IoBuf::alloc(len as usize)),
-                )
-            })
+            .fan_out(batch, |_| read_blocks_req(oid, off, len))
             .await;
         for (i, a) in answers {
-            match a {
-                Ok((Response::Read(_), p)) => {
+            match core.read_blocks_answer(i, oid, off, len, a) {
+                BrickRead::Data(Some(b)) => {
                     let mut v = vec![0u8; len as usize];
-                    if let Some(b) = p.into_buf() {
-                        let m = b.len().min(v.len());
-                        v[..m].copy_from_slice(&b.as_slice()[..m]);
-                        f.lens[i] = m;
-                    }
+                    let m = b.len().min(v.len());
+                    v[..m].copy_from_slice(&b.as_slice()[..m]);
+                    f.lens[i] = m;
                     f.frags[i] = Some(v);
                 }
-                Ok((Response::Error(e), _)) if e.code == ErrorCode::NotFound => {
-                    f.frags[i] = Some(vec![0u8; len as usize]);
-                }
-                Ok((r, _)) => {
-                    tracing::warn!(volume = core.volume(), brick = core.links()[i].addr(), %fid, off, reply = ?r, "fragment read failed; decoding around it");
+                BrickRead::Data(None) => f.frags[i] = Some(vec![0u8; len as usize]),
+                BrickRead::Corrupt(detail) => {
+                    tracing::warn!(volume = core.volume(), brick = core.links()[i].addr(), %fid, chunk = oid.chunk, off, %detail, "corrupt fragment; decoding around it");
                     f.bad.push(i);
-                    f.last = Some(VolumeError::Brick {
+                    f.last = Some(VolumeError::Corrupt {
                         volume: core.volume().to_owned(),
-                        op: "fragment read",
                         brick: core.links()[i].addr().to_owned(),
                         fid,
+                        chunk: oid.chunk,
                         offset: off,
-                        reply: reply_err(&r).cloned().unwrap_or_else(|| {
-                            ErrorReply::new(ErrorCode::Internal, format!("unexpected {r:?}"))
-                        }),
+                        detail,
                     });
                 }
-                Err(e) => f.last = Some(core.transport_err("fragment read", i, fid, off, e)),
+                BrickRead::Failed(e @ VolumeError::Brick { .. }) => {
+                    tracing::warn!(volume = core.volume(), brick = core.links()[i].addr(), %fid, off, error = %e, "fragment read failed; decoding around it");
+                    f.bad.push(i);
+                    f.last = Some(e);
+                }
+                // Down, unreachable, or a protocol error: missing, but
+                // nothing to rewrite.
+                BrickRead::Failed(e) => f.last = Some(e),
             }
         }
     }
     f
+}
+
+/// A `WriteBlocks` of one brick's fragment `frag` at `off` of `oid`, with
+/// its piece CRCs (the brick checks them before touching its disk).
+fn fragment_write(
+    oid: ObjectId,
+    off: u64,
+    epoch: u64,
+    crcs: &[u32],
+    frag: &[u8],
+) -> (Request, Payload) {
+    (
+        Request::WriteBlocks(WriteBlocksReq {
+            write: WriteReq {
+                object: oid,
+                offset: off,
+                epoch,
+                flags: 0,
+                crc32c: 0,
+                data: DataRef::None,
+            },
+            crcs: crcs.to_vec(),
+        }),
+        Payload::Out(IoBuf::from_slice(frag)),
+    )
 }
 
 fn codec_err(core: &Replicate, source: EcError) -> VolumeError {
@@ -388,10 +410,17 @@ impl Disperse {
         }))
     }
 
-    /// Gives bricks that answered a fragment read with an error their
-    /// fragments of stripes `[s0, s0 + count)` back, rebuilt from the
-    /// others. Under the chunk's lock, read afresh: a write of this client
-    /// may have changed the stripes since the read that found them bad.
+    /// Gives bricks whose fragments a read found bad (corrupt at rest,
+    /// failing their CRCs on return, or answered with an error) their
+    /// fragments of stripes `[s0, s0 + count)` back, rebuilt from K others
+    /// and written whole (4 KiB blocks, `WriteBlocks` + FUA) under the
+    /// caller's lease epochs. Under the stripes' locks, read afresh: a
+    /// write of this client may have changed the stripes since the read
+    /// that found them bad, and none can land between this read and the
+    /// rewrite (the dispersed set's counterpart of a replica set's repair
+    /// gate). A repair that fails (another writer holds the lease, the
+    /// brick went away) does not fail the read: it is logged and left for
+    /// scrub.
     async fn repair(&self, fid: Fid, chunk: u64, s0: u64, count: u64, bad: &[usize]) {
         let oid = fid.chunk(chunk);
         let _held = self.lock_stripes(&oid, s0, count).await;
@@ -404,7 +433,10 @@ impl Disperse {
             .collect();
         let result = async {
             let mut f = self.fetch_k(fid, chunk, off, len, &sources).await?;
-            for &i in bad {
+            // Fragments found bad on the way are rebuilt too.
+            let mut targets = bad.to_vec();
+            targets.extend(f.bad.iter().copied().filter(|i| !bad.contains(i)));
+            for &i in &targets {
                 f.frags[i] = None;
             }
             self.geo
@@ -412,19 +444,19 @@ impl Disperse {
                 .reconstruct(&mut f.frags)
                 .map_err(|e| codec_err(&self.core, e))?;
             let epochs = self.core.epochs(fid);
-            for &i in bad {
+            for &i in &targets {
                 if let Some(frag) = &f.frags[i] {
                     self.core
                         .put_region(oid, off, len, Some(frag), &[i], &epochs)
                         .await?;
-                    tracing::info!(volume = self.core.volume(), %fid, chunk, brick = self.core.links()[i].addr(), off, len, "rewrote a bad fragment");
+                    tracing::warn!(volume = self.core.volume(), %fid, chunk, brick = self.core.links()[i].addr(), off, len, "repaired a bad fragment: rebuilt from the others and rewritten");
                 }
             }
             Ok::<(), VolumeError>(())
         }
         .await;
         if let Err(e) = result {
-            tracing::warn!(volume = self.core.volume(), %fid, chunk, error = %e, "could not rewrite a bad fragment");
+            tracing::warn!(volume = self.core.volume(), %fid, chunk, off, len, error = %e, "could not repair a bad fragment now; scrub will");
         }
     }
 
@@ -486,8 +518,10 @@ impl Disperse {
             .geo
             .encode_all(buf)
             .map_err(|e| codec_err(&self.core, e))?;
-        let crcs: Vec<u32> = frags.iter().map(|f| crc32c::crc32c(f)).collect();
         let (off, len) = (s0 * FRAGMENT_UNIT, count * FRAGMENT_UNIT);
+        // One CRC32C per 4 KiB block of each fragment, computed once for
+        // the stage and the in-place write alike.
+        let crcs: Vec<Vec<u32>> = frags.iter().map(|f| block_crcs(off, f)).collect();
         let leased = self.core.epochs(fid).iter().any(|e| *e != 0);
         if leased {
             self.stage(fid, chunk, off, &frags, &crcs).await?;
@@ -498,19 +532,7 @@ impl Disperse {
                 fid,
                 (chunk, off, len),
                 self.geo.data,
-                |i, oid, epoch| {
-                    (
-                        Request::Write(WriteReq {
-                            object: oid,
-                            offset: off,
-                            epoch,
-                            flags: 0,
-                            crc32c: crcs[i],
-                            data: DataRef::None,
-                        }),
-                        Payload::Out(IoBuf::from_slice(&frags[i])),
-                    )
-                },
+                |i, oid, epoch| fragment_write(oid, off, epoch, &crcs[i], &frags[i]),
             )
             .await
     }
@@ -526,7 +548,7 @@ impl Disperse {
         chunk: u64,
         off: u64,
         frags: &[Vec<u8>],
-        crcs: &[u32],
+        crcs: &[Vec<u32>],
     ) -> Result<()> {
         let up = self.core.up();
         if !self.core.quorum().met(&up) {
@@ -539,22 +561,12 @@ impl Disperse {
         let answers = self
             .core
             .fan_out(&targets, |i| {
-                (
-                    Request::Write(WriteReq {
-                        object: soid,
-                        offset: off,
-                        epoch: epochs[i],
-                        flags: 0,
-                        crc32c: crcs[i],
-                        data: DataRef::None,
-                    }),
-                    Payload::Out(IoBuf::from_slice(&frags[i])),
-                )
+                fragment_write(soid, off, epochs[i], &crcs[i], &frags[i])
             })
             .await;
         let mut ok = vec![false; up.len()];
         for (i, a) in answers {
-            ok[i] = matches!(a, Ok((Response::Write(_), _)));
+            ok[i] = matches!(a, Ok((Response::WriteBlocks(_), _)));
         }
         if !self.core.quorum().met(&ok) {
             return Err(self.core.no_quorum("stage write", &ok));
@@ -705,7 +717,68 @@ pub(crate) async fn rebuild_region(
         core.put_region(oid, off, held, (!zeros).then_some(frag), &[t], epochs)
             .await?;
     }
+    // A source found bad on the way (corrupt at rest) gets its fragment
+    // back too, whole blocks written with their CRCs.
+    for &t in &f.bad {
+        if let Some(frag) = f.frags[t].as_deref() {
+            core.put_region(oid, off, held, Some(frag), &[t], epochs)
+                .await?;
+            tracing::warn!(volume = core.volume(), %fid, chunk = oid.chunk, brick = core.links()[t].addr(), off, len = held, "heal: repaired a bad fragment");
+        }
+    }
     Ok(held)
+}
+
+/// Scrub: rebuilds brick `bad`'s fragment block at `off` of `oid` (one
+/// fragment unit: brick `bad`'s share of one stripe) from the other
+/// bricks' fragments of that stripe, and writes it whole (`WriteBlocks` +
+/// FUA, its CRC computed afresh) with the caller's lease `epochs`. Every
+/// other fragment that is up and clean is read (`ReadBlocks`, so a bad one
+/// is left out), and they must decode to one stripe: a stripe whose
+/// fragments disagree (a torn write no settle fixed) is not guessed at.
+pub(crate) async fn repair_fragment_block(
+    core: &Replicate,
+    geo: &Geometry,
+    oid: ObjectId,
+    off: u64,
+    bad: usize,
+    epochs: &[u64],
+) -> Result<()> {
+    let fid = Fid::of(&oid);
+    let off = off / FRAGMENT_UNIT * FRAGMENT_UNIT;
+    let region = (off / REGION_SIZE) as u32;
+    // Pending marks name the brick objects of chunks, not their stages.
+    let staged = oid.chunk & STAGE_BIT != 0;
+    let sources: Vec<usize> = (0..geo.bricks())
+        .filter(|&i| {
+            i != bad && core.links()[i].is_up() && (staged || !core.stale_for(&oid, region, 1, i))
+        })
+        .collect();
+    let mut f = fetch(core, oid, off, FRAGMENT_UNIT, &sources, sources.len()).await;
+    let present = f.have();
+    if present < geo.data {
+        return Err(f.last.take().unwrap_or(VolumeError::NoGoodCopy {
+            volume: core.volume().to_owned(),
+            fid,
+            chunk: oid.chunk,
+            offset: off,
+        }));
+    }
+    let frags: Vec<Option<&[u8]>> = f.frags.iter().map(|x| x.as_deref()).collect();
+    match best_version(geo, &frags) {
+        Some((full, agree)) if agree == present => {
+            core.put_region(oid, off, FRAGMENT_UNIT, Some(&full[bad]), &[bad], epochs)
+                .await?;
+            Ok(())
+        }
+        _ => Err(VolumeError::Heal {
+            volume: core.volume().to_owned(),
+            reason: format!(
+                "{fid} chunk {} fragment offset {off}: the other {present} fragments of the stripe do not decode to one version",
+                oid.chunk
+            ),
+        }),
+    }
 }
 
 /// The K-subset of `frags` (one stripe) whose decoding agrees with the
@@ -895,6 +968,17 @@ async fn settle_region(
         }
     }
     if torn == 0 {
+        // Consistent; a fragment that came back bad (corrupt at rest)
+        // was left out above and gets its fragment of the version chosen.
+        for &i in here
+            .bad
+            .iter()
+            .filter(|&&i| epochs[i] != 0 && !out[i].is_empty())
+        {
+            core.put_region(oid, off, out[i].len() as u64, Some(&out[i]), &[i], epochs)
+                .await?;
+            tracing::warn!(volume = core.volume(), %fid, chunk = oid.chunk, region, brick = core.links()[i].addr(), "settle: repaired a bad fragment");
+        }
         return Ok(true);
     }
     tracing::info!(volume = core.volume(), %fid, chunk = oid.chunk, region, stripes = torn, "settled torn stripes");

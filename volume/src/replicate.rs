@@ -234,6 +234,11 @@ impl Replicate {
         }
     }
 
+    /// K + M of a dispersed set's core (`None` for a replica set).
+    pub(crate) fn geometry(&self) -> Option<&Arc<Geometry>> {
+        self.disperse.as_ref()
+    }
+
     /// The volume's name.
     pub fn volume(&self) -> &str {
         &self.volume
@@ -1321,20 +1326,27 @@ impl Replicate {
         offset: u64,
         len: u64,
     ) -> BrickRead {
-        let fid = Fid::of(&oid);
         if len == 0 {
             return BrickRead::Data(None);
         }
-        let req = Request::ReadBlocks(ReadReq {
-            object: oid,
-            offset,
-            len: len as u32,
-            data: DataRef::None,
-        });
-        match self.links[i]
-            .call(req, Payload::In(IoBuf::alloc(len as usize)))
-            .await
-        {
+        let (req, p) = read_blocks_req(oid, offset, len);
+        let answer = self.links[i].call(req, p).await;
+        self.read_blocks_answer(i, oid, offset, len, answer)
+    }
+
+    /// What brick `i`'s answer to [`read_blocks_req`] means: the data,
+    /// checked against the piece CRCs it came with, or why not (so a fan
+    /// out of reads, as a dispersed set does, classifies them alike).
+    pub(crate) fn read_blocks_answer(
+        &self,
+        i: usize,
+        oid: ObjectId,
+        offset: u64,
+        len: u64,
+        answer: std::result::Result<(Response, Payload), CallFail>,
+    ) -> BrickRead {
+        let fid = Fid::of(&oid);
+        match answer {
             Ok((Response::ReadBlocks(r), payload)) => {
                 let buf = payload.into_buf();
                 let data = buf.as_ref().map(|b| b.as_slice()).unwrap_or(&[]);
@@ -1435,6 +1447,20 @@ impl Replicate {
             }
         }
     }
+}
+
+/// A `ReadBlocks` of `[offset, offset + len)` of `oid`, with the buffer
+/// lent for the answer.
+pub(crate) fn read_blocks_req(oid: ObjectId, offset: u64, len: u64) -> (Request, Payload) {
+    (
+        Request::ReadBlocks(ReadReq {
+            object: oid,
+            offset,
+            len: len as u32,
+            data: DataRef::None,
+        }),
+        Payload::In(IoBuf::alloc(len as usize)),
+    )
 }
 
 pub(crate) fn list_req(op: MarksOp, volume: u32, fid: Fid) -> Request {

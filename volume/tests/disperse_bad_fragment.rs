@@ -1,5 +1,5 @@
-//! A fragment read answered with an error (here a checksum error, as the
-//! integrity layer will return for data that rotted on disk) counts as a
+//! A fragment read answered with an error (here `Corrupt`, as the brick
+//! answers for data that rotted on disk) counts as a
 //! missing fragment: the read decodes around it and returns the right
 //! data, and the brick gets the rebuilt fragment written back.
 
@@ -18,8 +18,8 @@ use volume::disperse::FRAGMENT_UNIT;
 use volume::link::BrickLink;
 use volume::{Client, Fid, VolumeKind};
 
-/// A brick channel that, when armed, answers every read with a checksum
-/// error and counts the writes it forwards.
+/// A brick channel that, when armed, answers every read with `Corrupt`
+/// and counts the writes it forwards.
 struct Rotten {
     inner: TcpClient,
     armed: AtomicBool,
@@ -35,16 +35,16 @@ impl Channel for Rotten {
         Box::pin(async move {
             if self.armed.load(Ordering::SeqCst) {
                 match req {
-                    Request::Read(_) => {
+                    Request::ReadBlocks(_) => {
                         return Ok((
                             Response::Error(ErrorReply::new(
-                                ErrorCode::Checksum,
-                                "injected: block checksum mismatch",
+                                ErrorCode::Corrupt,
+                                "injected: a block at rest fails its CRC32C",
                             )),
                             payload,
                         ))
                     }
-                    Request::Write(_) => {
+                    Request::WriteBlocks(_) => {
                         self.writes.fetch_add(1, Ordering::SeqCst);
                     }
                     _ => {}

@@ -77,7 +77,10 @@ impl transport::Channel for Jitter {
         Result<(transport::Response, transport::Payload), transport::TransportError>,
     > {
         Box::pin(async move {
-            if matches!(req, transport::Request::Write(_)) {
+            if matches!(
+                req,
+                transport::Request::Write(_) | transport::Request::WriteBlocks(_)
+            ) {
                 let us = self
                     .rng
                     .lock()
