@@ -10,10 +10,13 @@
 //! chunk) and holds the leases a repair write needs; a brick-side scrub
 //! would still need a client to repair.
 //!
-//! A repair reads the bad block from another brick of the set whose copy
-//! passes its own check (`ReadBlocks`, checked again on return) and rewrites
-//! the whole block on the bad brick under the object's lease. A block with
-//! no good copy (a distribute volume, or every copy bad) is counted
+//! A repair in a replica set reads the bad block from another brick of
+//! the set whose copy passes its own check (`ReadBlocks`, checked again on
+//! return); in a dispersed set it reads the other bricks' fragments of the
+//! bad block's stripe and decodes the bad brick's fragment (the fragments
+//! must agree). Either way the whole block is rewritten on the bad brick
+//! under the object's lease. A block with no good copy (a distribute
+//! volume, every copy bad, fewer than K good fragments) is counted
 //! `unrepairable`. Objects a writer holds are verified but not repaired
 //! (counted unrepairable, with the reason logged; run scrub again later).
 
@@ -26,6 +29,7 @@ use transport::wire::{
 use transport::{Payload, Secret};
 
 use crate::client::Client;
+use crate::disperse::{repair_fragment_block, Geometry, FRAGMENT_UNIT};
 use crate::error::Result;
 use crate::heal::{connect, list_chunks, HEAL_LEASE_MS};
 use crate::replicate::{BrickRead, Replicate};
@@ -35,6 +39,10 @@ use crate::xlator::{Fid, LeaseAction, Translator, SIZE_CHUNK};
 /// Bytes one `Verify` asks for (the transport's data limit is not involved:
 /// no data travels, but the brick reads this much at once).
 const VERIFY_PIECE: u64 = 8 << 20;
+
+// A bad block of a fragment object is one brick's share of exactly one
+// stripe, so its repair decodes one stripe.
+const _: () = assert!(FRAGMENT_UNIT == CRC_BLOCK);
 
 /// What a scrub found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -246,8 +254,10 @@ async fn repair_object(
     let sources: Vec<usize> = (0..set.links().len())
         .filter(|&j| j != bad_brick && set.links()[j].is_up())
         .collect();
-    if sources.is_empty() {
-        tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, blocks = n, "scrub: no other copy to repair from");
+    // A replica needs one other copy; a fragment needs K others to decode.
+    let need = set.geometry().map_or(1, |g| g.data);
+    if sources.len() < need {
+        tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, blocks = n, need, up = sources.len(), "scrub: too few other bricks up to repair from");
         report.unrepairable += n;
         return;
     }
@@ -280,29 +290,10 @@ async fn repair_object(
     }
     let epochs = set.epochs(fid);
     for &(oid, off) in blocks {
-        let mut fixed = false;
-        for &src in &sources {
-            // Only a copy that passes its own check is a source.
-            if !matches!(
-                set.read_blocks(src, oid, off, CRC_BLOCK).await,
-                BrickRead::Data(_)
-            ) {
-                continue;
-            }
-            match set
-                .repair_blocks(oid, off, CRC_BLOCK, src, &[bad_brick], &epochs)
-                .await
-            {
-                Ok(_) => {
-                    tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, source = set.links()[src].addr(), "scrub: repaired a corrupt block");
-                    fixed = true;
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, error = %e, "scrub: repair failed");
-                }
-            }
-        }
+        let fixed = match set.geometry() {
+            Some(g) => repair_fragment(set, g, bad_brick, fid, oid, off, &epochs).await,
+            None => repair_copy(set, &sources, bad_brick, fid, oid, off, &epochs).await,
+        };
         if fixed {
             report.repaired += 1;
         } else {
@@ -310,6 +301,65 @@ async fn repair_object(
         }
     }
     let _ = set.lease(fid, LeaseAction::Release).await;
+}
+
+/// A replica set: copies the block from another brick whose copy passes
+/// its own check.
+async fn repair_copy(
+    set: &Replicate,
+    sources: &[usize],
+    bad_brick: usize,
+    fid: Fid,
+    oid: ObjectId,
+    off: u64,
+    epochs: &[u64],
+) -> bool {
+    for &src in sources {
+        // Only a copy that passes its own check is a source.
+        if !matches!(
+            set.read_blocks(src, oid, off, CRC_BLOCK).await,
+            BrickRead::Data(_)
+        ) {
+            continue;
+        }
+        match set
+            .repair_blocks(oid, off, CRC_BLOCK, src, &[bad_brick], epochs)
+            .await
+        {
+            Ok(_) => {
+                tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, source = set.links()[src].addr(), "scrub: repaired a corrupt block");
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, error = %e, "scrub: repair failed");
+            }
+        }
+    }
+    false
+}
+
+/// A dispersed set: the block is the bad brick's fragment of one stripe
+/// (fragment units are one CRC block); it is rebuilt by decoding the
+/// stripe from the other bricks' fragments.
+async fn repair_fragment(
+    set: &Replicate,
+    geo: &Geometry,
+    bad_brick: usize,
+    fid: Fid,
+    oid: ObjectId,
+    off: u64,
+    epochs: &[u64],
+) -> bool {
+    match repair_fragment_block(set, geo, oid, off, bad_brick, epochs).await {
+        Ok(()) => {
+            tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, "scrub: repaired a corrupt fragment block (decoded from the others)");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(brick = set.links()[bad_brick].addr(), %fid, chunk = oid.chunk, offset = off, error = %e, "scrub: fragment repair failed");
+            false
+        }
+    }
 }
 
 /// `stretto volume scrub NAME`: connects to the volume and runs
