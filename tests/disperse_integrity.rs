@@ -12,9 +12,8 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{stretto, Pool};
+use common::{logged, logs, stretto, Pool};
 use iobuf::IoBuf;
 use transport::wire::{DataRef, ReadReq};
 use transport::{ClientOptions, ErrorCode, Payload, Request, Response, Secret, TcpClient};
@@ -32,42 +31,6 @@ fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// What this process logs at warn and above, kept for the assertions.
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Sink {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap_or_else(|e| e.into_inner())).into_owned()
 }
 
 /// Where brick `dir` keeps its fragment object of chunk 0 of `fid`
@@ -199,7 +162,7 @@ fn flipped_fragment_bytes_are_decoded_around_repaired_and_scrubbed() {
     // from brick 1 and the parity, returns the right data, says so at
     // warn, and rewrites brick 0's fragment.
     flip_byte(&chunk_file(&pool.dirs[0], fid), (U + 904) as u64);
-    logs.lock().unwrap().clear();
+    logs.lock().unwrap_or_else(|e| e.into_inner()).clear();
     rt.block_on(async {
         let b0 = brick(&addrs[0], &secret).await;
         assert_eq!(
@@ -224,7 +187,10 @@ fn flipped_fragment_bytes_are_decoded_around_repaired_and_scrubbed() {
         );
         assert_eq!(
             read_direct(&b0, fid, 0, 4 * U as u32).await,
-            Ok([0, 1, 2, 3].iter().flat_map(|&s| fragment(&data, s, 0)).collect()),
+            Ok([0, 1, 2, 3]
+                .iter()
+                .flat_map(|&s| fragment(&data, s, 0))
+                .collect()),
             "the read rewrote brick 0's fragment"
         );
         // Reads go on returning the right data, unaligned ones too.
@@ -271,7 +237,10 @@ fn flipped_fragment_bytes_are_decoded_around_repaired_and_scrubbed() {
     flip_byte(&chunk_file(&pool.dirs[0], fid), (100 * U) as u64);
     flip_byte(&chunk_file(&pool.dirs[1], fid), (100 * U + 1) as u64);
     let out = pool.volume(0, &["scrub", "ec"]);
-    assert!(!out.status.success(), "scrub must fail when it cannot repair");
+    assert!(
+        !out.status.success(),
+        "scrub must fail when it cannot repair"
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("corrupt blocks: 2\n"), "{stdout}");
     assert!(stdout.contains("repaired: 0\n"), "{stdout}");

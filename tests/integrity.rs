@@ -104,6 +104,7 @@ async fn corrupt_blocks(c: &TcpClient) -> u64 {
 
 #[test]
 fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
+    common::logs();
     let pool = Pool::start(3);
     let addrs: Vec<String> = (0..3).map(|i| pool.addr(i)).collect();
     ok(pool.volume(
@@ -162,6 +163,19 @@ fn flipped_bytes_are_caught_read_around_repaired_and_scrubbed() {
             assert!(got == data, "a read through the volume returned bad data");
         }
         client.close().await;
+        // The corruption and its repair are logged at warn, naming brick 0.
+        let log = common::logged();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains("corrupt copy") && l.contains(&addrs[0])),
+            "the corruption is not logged: {log}"
+        );
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("repaired a corrupt copy")
+                && l.contains(&addrs[0])),
+            "the repair is not logged: {log}"
+        );
         assert_eq!(
             read_direct(&b0, fid, 0, 16384).await.as_deref(),
             Ok(&data[..16384]),
