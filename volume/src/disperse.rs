@@ -25,9 +25,13 @@
 //!   [`settle`] finds stripes whose fragments disagree (a torn write) and
 //!   rewrites them from the stage (new data) or, if the stage is not
 //!   whole, from the in-place majority (old data): never a mix;
-//! - reads take K fragments (the data bricks when they can), decoding when
-//!   one is missing, down, or answered with an error; a brick that answered
-//!   with an error gets the rebuilt fragment written back;
+//! - fragments travel with one CRC32C per 4 KiB block (`WriteBlocks`,
+//!   `ReadBlocks`, `docs/volume.md` "Integrity"); reads take K fragments
+//!   (the data bricks when they can), decoding when one is missing, down,
+//!   corrupt at rest, failing its CRCs on return, or answered with an
+//!   error; a brick whose fragment was bad gets the rebuilt fragment
+//!   written back (logged at warn), and scrub rebuilds bad fragment blocks
+//!   with [`repair_fragment_block`];
 //! - heal rebuilds the fragments of a marked region by decoding
 //!   ([`rebuild_region`]) instead of copying.
 
