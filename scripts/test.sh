@@ -53,10 +53,10 @@ cargo fmt --all -- --check
 log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-log "cargo build --release (the stretto binary used by end-to-end tests)"
-cargo build --release --locked --bin stretto
-
-log "cargo test (whole workspace)"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# The tests run in the `ci` profile (Cargo.toml): optimised, with debug
+# assertions and overflow checks. End-to-end tests run the `stretto` binary
+# of the same profile (CARGO_BIN_EXE_stretto).
+log "cargo test (whole workspace, profile ci)"
+cargo test --workspace --locked --no-fail-fast --profile ci 2>&1 | tee target/test-output.txt
 # Summarise: one closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
