@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod channel;
 pub mod error;
+pub mod rdma;
 pub mod tcp;
 pub mod wire;
 
