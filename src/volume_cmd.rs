@@ -50,7 +50,7 @@ enum VolumeCmd {
     },
     /// List the pool's volumes.
     List,
-    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp.
+    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp|rdma|rdma,tcp.
     Set {
         name: String,
         key: String,

@@ -70,9 +70,17 @@ impl Client {
         let mut opts = opts;
         opts.request_timeout = ping_timeout(&spec)?;
         opts.connect_timeout = opts.connect_timeout.min(opts.request_timeout);
+        // `--transport` on the command line wins over the volume option.
+        let kind = match transport::rdma::client_transport() {
+            Some(k) => k,
+            None => spec
+                .option("transport", "tcp")
+                .parse::<transport::TransportKind>()
+                .unwrap_or_default(),
+        };
         let mut links = Vec::with_capacity(spec.bricks.len());
         for b in &spec.bricks {
-            links.push(BrickLink::connect(b, secret.clone(), opts.clone()).await);
+            links.push(BrickLink::connect_via(b, secret.clone(), opts.clone(), kind).await);
         }
         Client::with_links(spec, links)
     }

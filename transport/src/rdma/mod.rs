@@ -27,7 +27,10 @@ pub mod verbs;
 
 pub use conn::{serve_rdma, serve_rdma_with, RdmaClient, RdmaListener};
 pub use engine::{Engine, EngineConfig, EngineStats, Event, Role};
-pub use select::{connect_channel, rdma_fabric, RdmaUnavailable, TransportKind};
+pub use select::{
+    client_transport, connect_channel, rdma_fabric, resolve_client_transport, set_client_transport,
+    RdmaUnavailable, TransportKind,
+};
 pub use sim::{SimConfig, SimFabric};
 pub use verbs::{
     Completion, Fabric, MemoryRegion, RemoteRef, Sge, Verbs, VerbsError, WcStatus, WorkKind,

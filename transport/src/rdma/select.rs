@@ -58,6 +58,46 @@ impl fmt::Display for TransportKind {
     }
 }
 
+static CLIENT_TRANSPORT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Sets the transport this process's clients use, overriding volume
+/// options (what `--transport` on a client command does).
+pub fn set_client_transport(kind: TransportKind) {
+    let v = match kind {
+        TransportKind::Tcp => 1,
+        TransportKind::Rdma => 2,
+        TransportKind::Auto => 3,
+    };
+    CLIENT_TRANSPORT.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The transport set by [`set_client_transport`], if any.
+pub fn client_transport() -> Option<TransportKind> {
+    match CLIENT_TRANSPORT.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(TransportKind::Tcp),
+        2 => Some(TransportKind::Rdma),
+        3 => Some(TransportKind::Auto),
+        _ => None,
+    }
+}
+
+/// Checks a client transport choice against this machine once, up front:
+/// `rdma` without RDMA is an error naming what is missing; `auto` without
+/// it becomes `tcp` with one log line.
+pub fn resolve_client_transport(kind: TransportKind) -> Result<TransportKind, RdmaUnavailable> {
+    match kind {
+        TransportKind::Tcp => Ok(TransportKind::Tcp),
+        TransportKind::Rdma => rdma_fabric().map(|_| TransportKind::Rdma),
+        TransportKind::Auto => match rdma_fabric() {
+            Ok(_) => Ok(TransportKind::Auto),
+            Err(e) => {
+                tracing::warn!("transport auto: using TCP: {e}");
+                Ok(TransportKind::Tcp)
+            }
+        },
+    }
+}
+
 /// Why RDMA cannot be used here.
 #[derive(Debug, Error)]
 pub enum RdmaUnavailable {
