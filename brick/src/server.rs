@@ -488,15 +488,19 @@ pub async fn serve_until_signal_via(
     let rdma = match kind {
         transport::TransportKind::Tcp => None,
         _ => match transport::rdma::rdma_fabric() {
-            Ok(fabric) => {
-                let l = transport::rdma::RdmaListener::bind(fabric, &local.to_string()).map_err(
-                    |e| BrickError::Listen {
+            Ok(fabric) => match transport::rdma::RdmaListener::bind(fabric, &local.to_string()) {
+                Ok(l) => Some(l),
+                Err(e) if kind == transport::TransportKind::Rdma => {
+                    return Err(BrickError::Listen {
                         addr,
                         source: std::io::Error::other(format!("RDMA listener: {e}")),
-                    },
-                )?;
-                Some(l)
-            }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("transport auto: serving TCP only: RDMA listener: {e}");
+                    None
+                }
+            },
             Err(e) if kind == transport::TransportKind::Rdma => {
                 return Err(BrickError::Listen {
                     addr,

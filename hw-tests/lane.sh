@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The hardware lane: boots the stock Debian kernel in qemu (TCG; KVM only
+# when the CPU has vmx/svm) and, inside, on soft-RoCE (rdma_rxe) and the
+# kernel NBD client, runs the checks below. One PASS/FAIL/SKIP line per
+# check; the exit code is 0 only if no check failed. See docs/rdma.md.
+#
+#   hw-tests/lane.sh                 # uses target/release/stretto (built if missing)
+#   LANE_KEEP=1 hw-tests/lane.sh     # keep the guest work directory
+#
+# Kernel .deb, modules and the initramfs are cached under target/hw-lane so
+# reruns skip the download and image build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CACHE=$ROOT/target/hw-lane
+mkdir -p "$CACHE"
+log() { printf '=== lane: %s\n' "$*" >&2; }
+
+STRETTO=${STRETTO:-$ROOT/target/release/stretto}
+[ -x "$STRETTO" ] || cargo build --release --locked --bin stretto
+# The transport's RDMA tests (engine on the verbs simulation), built on the
+# host with the `rdma` feature and run in the guest from the 9p share.
+log "building the transport test binary (feature rdma)"
+TEST_BIN=$(cargo test --release --locked -p stretto-transport --features rdma --lib --no-run --message-format=json 2>/dev/null \
+    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$TEST_BIN" ] || { echo "FAIL build: transport test binary"; exit 1; }
+
+# --- kernel -------------------------------------------------------------
+KPKG=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
+KVER=${KPKG#linux-image-}
+KDIR=$CACHE/$KPKG
+if [ ! -f "$KDIR/boot/vmlinuz-$KVER" ]; then
+    log "fetching $KPKG"
+    rm -rf "$KDIR" && mkdir -p "$KDIR"
+    (cd "$CACHE" && apt-get download "$KPKG" >/dev/null)
+    dpkg -x "$CACHE"/${KPKG}_*.deb "$KDIR"
+fi
+
+# --- initramfs ----------------------------------------------------------
+INITRD=$CACHE/initrd-$KVER.gz
+STAMP=$(cat "$0" | sha256sum | cut -c1-16)
+if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP" ]; then
+    log "building the initramfs"
+    IR=$CACHE/initrd-root
+    rm -rf "$IR" && mkdir -p "$IR"/{bin,sbin,etc,proc,sys,dev,tmp,mnt,host,lib/modules,run,var/tmp}
+    cp /bin/busybox "$IR/bin/busybox"
+    for a in $(busybox --list); do
+        [ "$a" = busybox ] || [ -e "$IR/bin/$a" ] || ln -s busybox "$IR/bin/$a"
+    done
+    copy_bin() { # binary with the libraries ldd lists
+        local b; b=$(command -v "$1")
+        mkdir -p "$IR$(dirname "$b")"; cp -L "$b" "$IR$b"
+        ldd "$b" 2>/dev/null | grep -o '/[^ ]*' | while read -r l; do
+            mkdir -p "$IR$(dirname "$l")"; cp -Ln "$l" "$IR$l" 2>/dev/null || true
+        done
+    }
+    for b in bash kmod rdma ibv_devinfo ib_write_bw ib_read_lat nbd-client mkfs.ext4 ip sha256sum dd sync; do copy_bin "$b"; done
+    for l in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
+        mkdir -p "$IR$(dirname "$l")"; cp -L "$l" "$IR$l"
+        ldd "$l" | grep -o '/[^ ]*' | while read -r d; do mkdir -p "$IR$(dirname "$d")"; cp -Ln "$d" "$IR$d" 2>/dev/null || true; done
+    done
+    mkdir -p "$IR/etc/libibverbs.d" && cp /etc/libibverbs.d/rxe.driver "$IR/etc/libibverbs.d/"
+    ln -sf /usr/bin/kmod "$IR/sbin/modprobe"; ln -sf /usr/bin/kmod "$IR/sbin/insmod"
+    rm -f "$IR/bin/modprobe" "$IR/bin/insmod" "$IR/bin/ip"
+    MODS="crc32_generic crc32_pclmul crc32c_generic crc32c-intel virtio_pci virtio_net virtio_blk rdma_rxe ib_uverbs rdma_ucm nbd ext4 9pnet_virtio 9p"
+    /sbin/modprobe -d "$KDIR" -S "$KVER" --show-depends -a $MODS 2>/dev/null | awk '/^insmod/ {print $2}' | sort -u | while read -r m; do
+        rel=${m#"$KDIR"}; mkdir -p "$IR$(dirname "$rel")"; cp "$m" "$IR$rel"
+    done
+    cp "$KDIR/lib/modules/$KVER"/modules.{order,builtin}* "$IR/lib/modules/$KVER/" 2>/dev/null || true
+    /sbin/depmod -b "$IR" "$KVER"
+    cp "$ROOT/hw-tests/guest.sh" "$IR/guest.sh"
+    cat > "$IR/init" <<'INIT'
+#!/bin/bash
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+for m in crc32_generic crc32c_generic virtio_pci virtio_net 9pnet_virtio 9p rdma_rxe ib_uverbs rdma_ucm nbd ext4; do modprobe $m 2>/dev/null; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host
+bash /guest.sh
+echo "LANE-DONE rc=$?"
+echo o > /proc/sysrq-trigger
+sleep 10
+INIT
+    chmod +x "$IR/init"
+    (cd "$IR" && find . | cpio -H newc -o --quiet | gzip -1 > "$INITRD")
+    echo "$STAMP" > "$CACHE/initrd.stamp"
+fi
+
+# --- share and boot -----------------------------------------------------
+SHARE=$CACHE/share
+rm -rf "$SHARE" && mkdir -p "$SHARE"
+cp "$STRETTO" "$SHARE/stretto"
+cp "$TEST_BIN" "$SHARE/transport-tests"
+
+ACCEL="-accel tcg,thread=multi"
+if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [ -w /dev/kvm ]; then ACCEL="-accel kvm"; fi
+log "booting $KVER ($ACCEL)"
+OUT=$CACHE/serial.log
+timeout 600 qemu-system-x86_64 $ACCEL -smp 2 -m 1536 -nographic -nodefaults -no-reboot -serial stdio \
+    -kernel "$KDIR/boot/vmlinuz-$KVER" -initrd "$INITRD" \
+    -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
+    -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
+    -virtfs local,path="$SHARE",mount_tag=host,security_model=none,readonly=on \
+    > "$OUT" 2>&1 || true
+grep -E '^(PASS|FAIL|SKIP|BENCH|NOTE) ' "$OUT" | tr -d '\r' || true
+if ! grep -q 'LANE-DONE' "$OUT"; then
+    echo "FAIL guest: did not finish (serial log: $OUT)"
+    tail -20 "$OUT" >&2
+    exit 1
+fi
+if grep -q '^FAIL ' "$OUT"; then exit 1; fi
+exit 0
