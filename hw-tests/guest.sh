@@ -19,25 +19,29 @@ else
     fail "rxe: no active soft-RoCE device"
 fi
 
-# 2. the transport's RDMA tests (engine and driver on the verbs simulation;
-#    built with the rdma feature, so they also link libibverbs here)
+# 2. the transport's RDMA tests: the engine on the verbs simulation, then
+#    the integration tests on rxe0 (built with the rdma feature)
 if /host/transport-tests --test-threads=2 rdma:: > $W/tests.log 2>&1; then
-    pass "transport-rdma-tests: $(grep -o '[0-9]* passed' $W/tests.log | head -1)"
+    pass "transport-rdma-sim-tests: $(grep -o '[0-9]* passed' $W/tests.log | head -1)"
 else
-    fail "transport-rdma-tests"; tail -20 $W/tests.log
+    fail "transport-rdma-sim-tests"; tail -20 $W/tests.log
+fi
+if STRETTO_RDMA_ADDR=10.0.2.15 timeout 300 /host/rdma-hw-tests --test-threads=1 > $W/hw.log 2>&1 \
+    && ! grep -q skipped $W/hw.log; then
+    pass "transport-rdma-device-tests on rxe0: $(grep -o '[0-9]* passed' $W/hw.log | head -1)"
+else
+    fail "transport-rdma-device-tests"; tail -30 $W/hw.log
 fi
 
-# 3. device detection through sideway/libibverbs in the stretto binary
+# 3. a brick serving RDMA on rxe0
 $S brick init $W/probe --secret-file $W/secret >/dev/null
-if $S brick serve $W/probe --listen 127.0.0.1:0 --transport rdma > $W/probe.out 2> $W/probe.err & then
-    sleep 3; kill $! 2>/dev/null; wait $! 2>/dev/null
-fi
+$S brick serve $W/probe --listen 10.0.2.15:24099 --transport rdma > $W/probe.out 2> $W/probe.err &
+PROBE=$!
+for _ in $(seq 100); do grep -q "listening on" $W/probe.out && break; sleep 0.1; done
+sleep 1; kill $PROBE 2>/dev/null; wait $PROBE 2>/dev/null
 if grep -q "rdma listening on" $W/probe.out; then
-    pass "rdma-brick: brick serves RDMA on rxe0"
+    pass "rdma-brick: brick serves RDMA on $(sed -n 's/.*(\(.*\))/\1/p' $W/probe.out)"
     RDMA=rdma
-elif grep -q "rxe0 found, but" $W/probe.err; then
-    echo "SKIP rdma-brick: libibverbs finds rxe0, but the sideway queue-pair backend is not built yet; bricks below use TCP"
-    RDMA=tcp
 else
     fail "rdma-brick: $(head -c 300 $W/probe.err)"
     RDMA=tcp
@@ -47,7 +51,7 @@ fi
 PIDS=()
 for i in 1 2 3; do
     $S brick init $W/b$i --secret-file $W/secret >/dev/null
-    $S brick serve $W/b$i --listen 10.0.2.15:$((24100 + i)) --transport auto > $W/b$i.out 2> $W/b$i.err &
+    $S brick serve $W/b$i --listen 10.0.2.15:$((24100 + i)) --transport $RDMA > $W/b$i.out 2> $W/b$i.err &
     PIDS+=($!)
 done
 for i in 1 2 3; do
@@ -60,7 +64,7 @@ $S volume create vm replica 3 10.0.2.15:24101 10.0.2.15:24102 10.0.2.15:24103 $V
     && $S volume start vm $V >/dev/null \
     && $S image create disk 268435456 --volume vm $V >/dev/null \
     || fail "volume: create/start/image failed"
-$S nbd serve --volume vm --listen 127.0.0.1:10809 $V --transport auto > $W/nbd.out 2> $W/nbd.err &
+$S nbd serve --volume vm --listen 127.0.0.1:10809 $V --transport $RDMA > $W/nbd.out 2> $W/nbd.err &
 NBD=$!
 for _ in $(seq 100); do grep -q "listening on" $W/nbd.out && break; sleep 0.1; done
 if nbd-client 127.0.0.1 10809 /dev/nbd0 -N disk -b 4096 > $W/nbdc.log 2>&1 \
@@ -91,16 +95,26 @@ umount /mnt/x 2>/dev/null
 if nbd-client -d /dev/nbd0 >/dev/null 2>&1; then pass "nbd-disconnect"; else fail "nbd-disconnect"; fi
 kill $NBD "${PIDS[0]}" "${PIDS[1]}" 2>/dev/null
 
-# 6. benchmark: perftest on the same rxe device (Stretto's RDMA side needs
-#    the sideway queue-pair backend, so no ratio yet)
-echo "NOTE soft-RoCE under TCG emulation shows correctness, not speed"
-ib_read_lat -x 1 -d rxe0 -n 200 > $W/lat.s 2>&1 &
+# 6. benchmark: Stretto over RDMA (transport only, memory handler) next to
+#    perftest on the same rxe device
+echo "NOTE soft-RoCE under TCG emulation shows correctness, not speed: figures below are not performance"
+ib_read_lat -x 1 -d rxe0 -n 100 > $W/lat.s 2>&1 &
 sleep 1
-LAT=$(ib_read_lat -x 1 -d rxe0 -n 200 10.0.2.15 2>&1 | awk '/^ *2 /{print $5" us typical"}' | tail -1)
+ib_read_lat -x 1 -d rxe0 -n 100 10.0.2.15 > $W/lat.c 2>&1
 wait
-ib_write_bw -x 1 -d rxe0 -s 1048576 -n 50 > $W/bw.s 2>&1 &
+ib_write_bw -x 1 -d rxe0 -s 1048576 -n 20 > $W/bw.s 2>&1 &
 sleep 1
-BW=$(ib_write_bw -x 1 -d rxe0 -s 1048576 -n 50 10.0.2.15 2>&1 | awk '/^ *1048576 /{print $4" MB/s avg"}' | tail -1)
+ib_write_bw -x 1 -d rxe0 -s 1048576 -n 20 10.0.2.15 > $W/bw.c 2>&1
 wait
-echo "BENCH ib_read_lat 2 B: ${LAT:-n/a}; ib_write_bw 1 MiB: ${BW:-n/a}; stretto over RDMA: not measured (backend not built)"
+LAT=$(awk '$1 ~ /^[0-9]+$/ && NF >= 5 {v=$5} END {print v}' $W/lat.c)
+BW=$(awk '$1 == 1048576 {v=$4} END {print v}' $W/bw.c)
+STRETTO_RDMA_ADDR=10.0.2.15 timeout 300 /host/rdma-hw-tests --ignored --nocapture rdma_bench > $W/bench.log 2>&1
+R4=$(awk '/^STRETTO 4KiB/ {print $7}' $W/bench.log)
+W4=$(awk '/^STRETTO 4KiB/ {print $4}' $W/bench.log)
+RM=$(awk '/^STRETTO 1MiB/ {print $10}' $W/bench.log)
+WM=$(awk '/^STRETTO 1MiB/ {print $6}' $W/bench.log)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo "BENCH ib_read_lat (2 B, typical): ${LAT:-n/a} us; ib_write_bw (1 MiB): ${BW:-n/a} MB/s"
+echo "BENCH stretto rdma 4KiB: read ${R4:-n/a} us, write ${W4:-n/a} us; 1MiB: read ${RM:-n/a} MB/s, write ${WM:-n/a} MB/s"
+echo "BENCH ratios: 4KiB read latency / ib_read_lat = $(ratio "$R4" "$LAT"); 1MiB write bandwidth / ib_write_bw = $(ratio "$WM" "$BW"); 1MiB read bandwidth / ib_write_bw = $(ratio "$RM" "$BW")"
 exit 0

@@ -16,14 +16,17 @@ CACHE=$ROOT/target/hw-lane
 mkdir -p "$CACHE"
 log() { printf '=== lane: %s\n' "$*" >&2; }
 
-STRETTO=${STRETTO:-$ROOT/target/release/stretto}
-[ -x "$STRETTO" ] || cargo build --release --locked --bin stretto
-# The transport's RDMA tests (engine on the verbs simulation), built on the
-# host with the `rdma` feature and run in the guest from the 9p share.
-log "building the transport test binary (feature rdma)"
-TEST_BIN=$(cargo test --release --locked -p stretto-transport --features rdma --lib --no-run --message-format=json 2>/dev/null \
-    | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
-[ -x "$TEST_BIN" ] || { echo "FAIL build: transport test binary"; exit 1; }
+# The stretto binary with the RDMA backend, and the transport's RDMA test
+# binaries (engine on the simulation; integration tests on the device),
+# built on the host with the `rdma` feature and run in the guest from 9p.
+# Never target-cpu=native: the guest CPU is qemu64.
+log "building stretto and the transport tests (feature rdma)"
+cargo build --release --locked --features rdma --bin stretto
+STRETTO=$ROOT/target/release/stretto
+JSON=$(cargo test --release --locked -p stretto-transport --features rdma --lib --test rdma_hw --no-run --message-format=json 2>/dev/null)
+LIB_BIN=$(printf '%s\n' "$JSON" | grep '"name":"stretto_transport"\|"name":"transport"' | grep '"kind":\["lib"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+HW_BIN=$(printf '%s\n' "$JSON" | grep '"name":"rdma_hw"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+[ -x "$LIB_BIN" ] && [ -x "$HW_BIN" ] || { echo "FAIL build: transport test binaries"; exit 1; }
 
 # --- kernel -------------------------------------------------------------
 KPKG=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
@@ -90,7 +93,8 @@ fi
 SHARE=$CACHE/share
 rm -rf "$SHARE" && mkdir -p "$SHARE"
 cp "$STRETTO" "$SHARE/stretto"
-cp "$TEST_BIN" "$SHARE/transport-tests"
+cp "$LIB_BIN" "$SHARE/transport-tests"
+cp "$HW_BIN" "$SHARE/rdma-hw-tests"
 
 ACCEL="-accel tcg,thread=multi"
 if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [ -w /dev/kvm ]; then ACCEL="-accel kvm"; fi

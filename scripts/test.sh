@@ -20,6 +20,11 @@ APT_PACKAGES=(
     qemu-utils  # qemu-img, qemu-io (NBD real-client tests)
     iproute2    # network namespaces for partition tests
     procps      # pkill/pgrep-free process checks (ps)
+    # The RDMA backend (feature `rdma`, sideway) and the hardware lane
+    # (hw-tests/lane.sh: a qemu guest with soft-RoCE and the kernel NBD client).
+    cmake clang libibverbs-dev librdmacm-dev   # building sideway / rdma-mummy-sys
+    rdma-core ibverbs-utils perftest           # rxe provider, ibv_devinfo, ib_read_lat, ib_write_bw
+    qemu-system-x86 nbd-client busybox-static cpio kmod
 )
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -51,6 +56,9 @@ cargo fmt --all -- --check
 log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo clippy (transport with the RDMA backend, feature rdma)"
+cargo clippy -p stretto-transport --features rdma --all-targets --locked -- -D warnings
+
 log "cargo build --release (the stretto binary used by end-to-end tests)"
 cargo build --release --locked --bin stretto
 
@@ -58,3 +66,9 @@ log "cargo test (whole workspace)"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
 # Summarise: one closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
+
+# The hardware lane: soft-RoCE and the kernel nbd-client in a qemu guest
+# (stock Debian kernel; cached under target/hw-lane). One PASS/FAIL line
+# per check; fails the run if any check fails.
+log "hardware lane (hw-tests/lane.sh)"
+hw-tests/lane.sh

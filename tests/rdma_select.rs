@@ -10,7 +10,9 @@ use std::process::Stdio;
 
 fn names_what_is_missing(stderr: &str) -> bool {
     stderr.contains("RDMA transport unavailable")
-        && (stderr.contains("built without RDMA support") || stderr.contains("no RDMA device"))
+        && (stderr.contains("built without RDMA support")
+            || stderr.contains("no RDMA device")
+            || stderr.contains("libibverbs"))
 }
 
 #[test]
