@@ -109,12 +109,12 @@ wait
 LAT=$(awk '$1 ~ /^[0-9]+$/ && NF >= 5 {v=$5} END {print v}' $W/lat.c)
 BW=$(awk '$1 == 1048576 {v=$4} END {print v}' $W/bw.c)
 STRETTO_RDMA_ADDR=10.0.2.15 timeout 300 /host/rdma-hw-tests --ignored --nocapture rdma_bench > $W/bench.log 2>&1
-R4=$(awk '/^STRETTO 4KiB/ {print $7}' $W/bench.log)
+R4=$(awk '/^STRETTO 4KiB/ {print $9}' $W/bench.log)
 W4=$(awk '/^STRETTO 4KiB/ {print $4}' $W/bench.log)
-RM=$(awk '/^STRETTO 1MiB/ {print $10}' $W/bench.log)
+RM=$(awk '/^STRETTO 1MiB/ {print $11}' $W/bench.log)
 WM=$(awk '/^STRETTO 1MiB/ {print $6}' $W/bench.log)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 echo "BENCH ib_read_lat (2 B, typical): ${LAT:-n/a} us; ib_write_bw (1 MiB): ${BW:-n/a} MB/s"
 echo "BENCH stretto rdma 4KiB: read ${R4:-n/a} us, write ${W4:-n/a} us; 1MiB: read ${RM:-n/a} MB/s, write ${WM:-n/a} MB/s"
-echo "BENCH ratios: 4KiB read latency / ib_read_lat = $(ratio "$R4" "$LAT"); 1MiB write bandwidth / ib_write_bw = $(ratio "$WM" "$BW"); 1MiB read bandwidth / ib_write_bw = $(ratio "$RM" "$BW")"
+echo "BENCH ratios (stretto / perftest): 4KiB read latency / ib_read_lat = $(ratio "$R4" "$LAT"), 4KiB write latency / ib_read_lat = $(ratio "$W4" "$LAT"); 1MiB write bandwidth / ib_write_bw = $(ratio "$WM" "$BW"); 1MiB read bandwidth / ib_write_bw = $(ratio "$RM" "$BW")"
 exit 0

@@ -35,13 +35,14 @@ KDIR=$CACHE/$KPKG
 if [ ! -f "$KDIR/boot/vmlinuz-$KVER" ]; then
     log "fetching $KPKG"
     rm -rf "$KDIR" && mkdir -p "$KDIR"
-    (cd "$CACHE" && apt-get download "$KPKG" >/dev/null)
+    (cd "$CACHE" && apt-get download "$KPKG" >/dev/null 2>&1)
     dpkg -x "$CACHE"/${KPKG}_*.deb "$KDIR"
+    /sbin/depmod -b "$KDIR" "$KVER"   # the .deb ships no modules.dep
 fi
 
 # --- initramfs ----------------------------------------------------------
 INITRD=$CACHE/initrd-$KVER.gz
-STAMP=$(cat "$0" | sha256sum | cut -c1-16)
+STAMP=$(cat "$0" | sha256sum | cut -c1-16)-v2
 if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP" ]; then
     log "building the initramfs"
     IR=$CACHE/initrd-root
@@ -57,6 +58,11 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP
             mkdir -p "$IR$(dirname "$l")"; cp -Ln "$l" "$IR$l" 2>/dev/null || true
         done
     }
+    for b in "$STRETTO" "$LIB_BIN" "$HW_BIN"; do   # their libraries (libgcc_s, ...), not the binaries
+        ldd "$b" 2>/dev/null | grep -o '/[^ ]*' | while read -r l; do
+            mkdir -p "$IR$(dirname "$l")"; cp -Ln "$l" "$IR$l" 2>/dev/null || true
+        done
+    done
     for b in bash kmod rdma ibv_devinfo ib_write_bw ib_read_lat nbd-client mkfs.ext4 ip sha256sum dd sync; do copy_bin "$b"; done
     for l in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
         mkdir -p "$IR$(dirname "$l")"; cp -L "$l" "$IR$l"
@@ -64,6 +70,7 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP
     done
     mkdir -p "$IR/etc/libibverbs.d" && cp /etc/libibverbs.d/rxe.driver "$IR/etc/libibverbs.d/"
     ln -sf /usr/bin/kmod "$IR/sbin/modprobe"; ln -sf /usr/bin/kmod "$IR/sbin/insmod"
+    rm -f "$IR/bin/bash"; ln -s /usr/bin/bash "$IR/bin/bash"   # host has merged /usr; the guest's /bin is busybox
     rm -f "$IR/bin/modprobe" "$IR/bin/insmod" "$IR/bin/ip"
     MODS="crc32_generic crc32_pclmul crc32c_generic crc32c-intel virtio_pci virtio_net virtio_blk rdma_rxe ib_uverbs rdma_ucm nbd ext4 9pnet_virtio 9p"
     /sbin/modprobe -d "$KDIR" -S "$KVER" --show-depends -a $MODS 2>/dev/null | awk '/^insmod/ {print $2}' | sort -u | while read -r m; do
@@ -71,15 +78,14 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP
     done
     cp "$KDIR/lib/modules/$KVER"/modules.{order,builtin}* "$IR/lib/modules/$KVER/" 2>/dev/null || true
     /sbin/depmod -b "$IR" "$KVER"
-    cp "$ROOT/hw-tests/guest.sh" "$IR/guest.sh"
     cat > "$IR/init" <<'INIT'
-#!/bin/bash
+#!/usr/bin/bash
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 for m in crc32_generic crc32c_generic virtio_pci virtio_net 9pnet_virtio 9p rdma_rxe ib_uverbs rdma_ucm nbd ext4; do modprobe $m 2>/dev/null; done
 mount -t 9p -o trans=virtio,version=9p2000.L,ro host /host
-bash /guest.sh
+bash /host/guest.sh
 echo "LANE-DONE rc=$?"
 echo o > /proc/sysrq-trigger
 sleep 10
@@ -95,12 +101,13 @@ rm -rf "$SHARE" && mkdir -p "$SHARE"
 cp "$STRETTO" "$SHARE/stretto"
 cp "$LIB_BIN" "$SHARE/transport-tests"
 cp "$HW_BIN" "$SHARE/rdma-hw-tests"
+cp "$ROOT/hw-tests/guest.sh" "$SHARE/guest.sh"
 
 ACCEL="-accel tcg,thread=multi"
 if grep -qE '\b(vmx|svm)\b' /proc/cpuinfo && [ -w /dev/kvm ]; then ACCEL="-accel kvm"; fi
 log "booting $KVER ($ACCEL)"
 OUT=$CACHE/serial.log
-timeout 600 qemu-system-x86_64 $ACCEL -smp 2 -m 1536 -nographic -nodefaults -no-reboot -serial stdio \
+timeout 420 qemu-system-x86_64 $ACCEL -smp 2 -m 1536 -nographic -nodefaults -no-reboot -serial stdio \
     -kernel "$KDIR/boot/vmlinuz-$KVER" -initrd "$INITRD" \
     -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
