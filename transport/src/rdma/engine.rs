@@ -9,12 +9,22 @@
 //! so do the unit tests on the simulation).
 //!
 //! Credits: each side posts `window` receives up front and may SEND only
-//! into receives the peer has posted. A side starts with `window` credits,
-//! spends one per SEND, and learns of receives the peer posted again from
-//! the `credits` field of every envelope it gets. The last credit is kept
-//! for a credit-only message, so two sides that each hold credits owed to
-//! the other can never both be stuck: a receiver never sees a SEND without a
-//! posted receive (no receiver-not-ready retries).
+//! into receives the peer has posted. The two sides need not agree on
+//! `window`: a side starts with [`INITIAL_CREDITS`] credits (every engine
+//! posts at least that many receives before it can send or be sent to) and
+//! owes its peer the rest of its own window, which rides on its first
+//! message. It spends one credit per SEND and learns of receives the peer
+//! posted (again) from the `credits` field of every envelope it gets. The
+//! last credit is kept for a credit-only message, which a side sends once
+//! it has heard from its peer (so the peer's receives are surely posted)
+//! and owes at least half its window: two sides that each hold credits owed
+//! to the other can never both be stuck, and a receiver never sees a SEND
+//! without a posted receive (no receiver-not-ready retries).
+//!
+//! Why not start with the peer's window: the engine does not know it, and
+//! assuming it equal to its own deadlocks a pair with different windows
+//! (a side whose peer owes it fewer than half the peer's window credits,
+//! but more than it can spend, waits forever) or overruns the smaller one.
 
 use super::envelope::{Envelope, ENV_LEN};
 use super::verbs::{
@@ -30,7 +40,12 @@ use iobuf::{BufPool, IoBuf};
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-/// Engine tuning; both ends of a connection must agree on `window`.
+/// Credits a side may spend before its peer's first envelope: the fewest
+/// receives any engine posts (`window` is clamped to at least this).
+pub const INITIAL_CREDITS: u32 = 2;
+
+/// Engine tuning. The two ends of a connection may differ (see the module
+/// comment on credits).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Receives posted per side (the peer's initial credits).
@@ -155,8 +170,13 @@ pub struct Engine<V: Verbs> {
     /// Registered regions: the data pool and any pool the caller added.
     regions: Vec<MemoryRegion>,
     free_send: Vec<u32>,
+    /// SENDs the peer has receives posted for (see the module comment).
     credits: u32,
+    /// Receives posted that the peer has not been told of yet.
     owed: u32,
+    /// A message from the peer arrived: its receives are posted, so a
+    /// credit-only message may go.
+    heard: bool,
     backlog: VecDeque<Vec<u8>>,
     calls: HashMap<u64, Call>,
     waiting_calls: VecDeque<WaitingCall>,
@@ -182,7 +202,7 @@ impl<V: Verbs> Engine<V> {
         cfg: EngineConfig,
         peer: String,
     ) -> Result<Self, VerbsError> {
-        let window = cfg.window.max(2) as usize;
+        let window = cfg.window.max(INITIAL_CREDITS as u16) as usize;
         let slots = 2 * window + 1;
         let slot_size = cfg.slot_size.max(ENV_LEN + HEADER_LEN);
         let cfg = EngineConfig {
@@ -214,8 +234,9 @@ impl<V: Verbs> Engine<V> {
             data,
             regions: vec![data_mr],
             free_send: (0..(window as u32 + 1)).rev().collect(),
-            credits: window as u32,
-            owed: 0,
+            credits: INITIAL_CREDITS,
+            owed: window as u32 - INITIAL_CREDITS,
+            heard: false,
             backlog: VecDeque::new(),
             calls: HashMap::new(),
             waiting_calls: VecDeque::new(),
@@ -753,7 +774,7 @@ impl<V: Verbs> Engine<V> {
                 return;
             }
             let frame_ok = !self.backlog.is_empty() && self.credits >= 2;
-            let credit_ok = self.owed >= threshold && self.credits >= 1 && !frame_ok;
+            let credit_ok = self.heard && self.owed >= threshold && self.credits >= 1 && !frame_ok;
             if !frame_ok && !credit_ok {
                 break;
             }
@@ -905,6 +926,7 @@ impl<V: Verbs> Engine<V> {
             }
         };
         self.credits += env.credits as u32;
+        self.heard = true;
         if env.frame_len.is_none() {
             return;
         }
