@@ -15,6 +15,10 @@ ROOT=$PWD
 CACHE=$ROOT/target/hw-lane
 mkdir -p "$CACHE"
 log() { printf '=== lane: %s\n' "$*" >&2; }
+# Seconds per host stage, printed with the results (the CI time budget).
+STAGES=""
+T0_STAGE=$SECONDS
+stage() { STAGES="$STAGES $1=$((SECONDS - T0_STAGE))s"; T0_STAGE=$SECONDS; }
 
 # The stretto binary with the RDMA backend, and the transport's RDMA test
 # binaries (engine on the simulation; integration tests on the device),
@@ -27,6 +31,7 @@ JSON=$(cargo test --release --locked -p stretto-transport --features rdma --lib 
 LIB_BIN=$(printf '%s\n' "$JSON" | grep '"name":"stretto_transport"\|"name":"transport"' | grep '"kind":\["lib"\]' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 HW_BIN=$(printf '%s\n' "$JSON" | grep '"name":"rdma_hw"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$LIB_BIN" ] && [ -x "$HW_BIN" ] || { echo "FAIL build: transport test binaries"; exit 1; }
+stage build
 
 # --- kernel -------------------------------------------------------------
 KPKG=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*\)/\1/p' | head -1)
@@ -39,6 +44,7 @@ if [ ! -f "$KDIR/boot/vmlinuz-$KVER" ]; then
     dpkg -x "$CACHE"/${KPKG}_*.deb "$KDIR"
     /sbin/depmod -b "$KDIR" "$KVER"   # the .deb ships no modules.dep
 fi
+stage kernel
 
 # --- initramfs ----------------------------------------------------------
 INITRD=$CACHE/initrd-$KVER.gz
@@ -63,7 +69,7 @@ if [ ! -f "$INITRD" ] || [ "$(cat "$CACHE/initrd.stamp" 2>/dev/null)" != "$STAMP
             mkdir -p "$IR$(dirname "$l")"; cp -Ln "$l" "$IR$l" 2>/dev/null || true
         done
     done
-    for b in bash kmod rdma ibv_devinfo ib_write_bw ib_read_lat nbd-client mkfs.ext4 ip sha256sum dd sync; do copy_bin "$b"; done
+    for b in bash kmod rdma ibv_devinfo ib_write_bw ib_read_bw ib_read_lat nbd-client mkfs.ext4 ip sha256sum dd sync; do copy_bin "$b"; done
     for l in /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so; do
         mkdir -p "$IR$(dirname "$l")"; cp -L "$l" "$IR$l"
         ldd "$l" | grep -o '/[^ ]*' | while read -r d; do mkdir -p "$IR$(dirname "$d")"; cp -Ln "$d" "$IR$d" 2>/dev/null || true; done
@@ -94,6 +100,7 @@ INIT
     (cd "$IR" && find . | cpio -H newc -o --quiet | gzip -1 > "$INITRD")
     echo "$STAMP" > "$CACHE/initrd.stamp"
 fi
+stage initramfs
 
 # --- share and boot -----------------------------------------------------
 SHARE=$CACHE/share
@@ -113,11 +120,18 @@ timeout 420 qemu-system-x86_64 $ACCEL -smp 2 -m 1536 -nographic -nodefaults -no-
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0 \
     -virtfs local,path="$SHARE",mount_tag=host,security_model=none,readonly=on \
     > "$OUT" 2>&1 || true
-grep -E '^(PASS|FAIL|SKIP|BENCH|NOTE) ' "$OUT" | tr -d '\r' || true
-if ! grep -q 'LANE-DONE' "$OUT"; then
+stage guest
+# The serial log carries the firmware's and the kernel's escape codes and
+# CRs: strip them, then keep the result lines.
+RES=$CACHE/results.txt
+sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[A-Za-z]//g' -e 's/\r$//' "$OUT" \
+    | grep -aE '^(PASS|FAIL|SKIP|BENCH|NOTE) ' > "$RES" || true
+cat "$RES"
+echo "NOTE lane host stages:$STAGES total=${SECONDS}s"
+if ! grep -aq 'LANE-DONE' "$OUT"; then
     echo "FAIL guest: did not finish (serial log: $OUT)"
     tail -20 "$OUT" >&2
     exit 1
 fi
-if grep -q '^FAIL ' "$OUT"; then exit 1; fi
+if grep -q '^FAIL ' "$RES"; then exit 1; fi
 exit 0
