@@ -49,12 +49,24 @@ pub struct HwFabric {
 }
 
 impl HwFabric {
-    /// Opens the device list; an empty list is [`RdmaUnavailable::NoDevice`].
+    /// Opens the device list; an empty list is [`RdmaUnavailable::NoDevice`],
+    /// a kernel without the verbs interface
+    /// [`RdmaUnavailable::NoKernelSupport`] (libibverbs then fails to list
+    /// anything, with an error that names nothing).
     pub fn open() -> Result<HwFabric, RdmaUnavailable> {
-        let list =
-            sideway::ibverbs::device::DeviceList::new().map_err(|e| RdmaUnavailable::Library {
-                reason: format!("listing RDMA devices through libibverbs: {e}"),
-            })?;
+        const VERBS_SYSFS: &str = "/sys/class/infiniband_verbs";
+        let list = sideway::ibverbs::device::DeviceList::new().map_err(|e| {
+            if std::path::Path::new(VERBS_SYSFS).exists() {
+                RdmaUnavailable::Library {
+                    reason: format!("listing RDMA devices through libibverbs: {e}"),
+                }
+            } else {
+                RdmaUnavailable::NoKernelSupport {
+                    path: VERBS_SYSFS,
+                    reason: e.to_string(),
+                }
+            }
+        })?;
         let Some(dev) = list.get(0) else {
             return Err(RdmaUnavailable::NoDevice);
         };

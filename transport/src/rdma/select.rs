@@ -105,6 +105,8 @@ pub enum RdmaUnavailable {
     NotBuilt,
     #[error("RDMA transport unavailable: no RDMA device found (libibverbs lists none; for soft-RoCE: `modprobe rdma_rxe` and `rdma link add rxe0 type rxe netdev IFACE`)")]
     NoDevice,
+    #[error("RDMA transport unavailable: this kernel offers no RDMA verbs ({path} is missing; libibverbs could not list devices: {reason}); load an RDMA driver and ib_uverbs, e.g. for soft-RoCE `modprobe rdma_rxe ib_uverbs rdma_ucm` and `rdma link add rxe0 type rxe netdev IFACE`")]
+    NoKernelSupport { path: &'static str, reason: String },
     #[error("RDMA transport unavailable: {reason}")]
     Library { reason: String },
 }
