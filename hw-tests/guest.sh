@@ -90,19 +90,29 @@ fi
 
 stage bricks+nbd-ext4
 
-# 5. SIGKILL one brick during I/O: the client goes on
-( dd if=$W/data of=/mnt/x/data2 bs=64k conv=fsync 2>/dev/null; echo $? > $W/dd.rc ) &
+# 5. SIGKILL one brick during I/O: the client goes on. 32 MiB in O_DIRECT
+#    1 MiB writes, so every write goes to the volume while it happens (not
+#    into the page cache), and the kill waits until the first MiB is on the
+#    volume and checks the writer is still running: a kill that comes too
+#    late fails the check instead of passing it vacuously.
+for _ in 1 2 3 4; do cat $W/data; done > $W/data4
+( dd if=$W/data4 of=/mnt/x/data2 bs=1M oflag=direct conv=fsync 2>/dev/null; echo $? > $W/dd.rc ) &
 DD=$!
-sleep 0.5
+for _ in $(seq 300); do
+    [ "$(stat -c %s /mnt/x/data2 2>/dev/null || echo 0)" -ge 1048576 ] && break
+    sleep 0.1
+done
+if kill -0 $DD 2>/dev/null; then DURING=yes; else DURING=no; fi
 kill -9 "${PIDS[2]}"
 T0=$(date +%s)
+AT=$(stat -c %s /mnt/x/data2 2>/dev/null || echo 0)
 wait $DD
 T1=$(date +%s)
-if [ "$(cat $W/dd.rc)" = 0 ] && [ "$(sha256sum < /mnt/x/data2)" = "$(sha256sum < $W/data)" ] \
-    && [ $((T1 - T0)) -lt 60 ]; then
-    pass "brick-kill: SIGKILL of one brick during a write; I/O went on and the data verify ($((T1 - T0)) s)"
+if [ "$DURING" = yes ] && [ "$(cat $W/dd.rc)" = 0 ] \
+    && [ "$(sha256sum < /mnt/x/data2)" = "$(sha256sum < $W/data4)" ] && [ $((T1 - T0)) -lt 60 ]; then
+    pass "brick-kill: SIGKILL of one brick $((AT >> 20)) MiB into a 32 MiB O_DIRECT write; the write went on and the data verify ($((T1 - T0)) s after the kill)"
 else
-    fail "brick-kill: dd rc=$(cat $W/dd.rc) after $((T1 - T0)) s"
+    fail "brick-kill: writer running at the kill: $DURING, dd rc=$(cat $W/dd.rc) after $((T1 - T0)) s"
 fi
 umount /mnt/x 2>/dev/null
 if nbd-client -d /dev/nbd0 >/dev/null 2>&1; then pass "nbd-disconnect"; else fail "nbd-disconnect"; fi
