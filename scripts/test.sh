@@ -22,6 +22,11 @@ APT_PACKAGES=(
     procps      # pkill/pgrep-free process checks (ps)
     libisal2    # ISA-L erasure coding, loaded at run time (volume::ec)
     libisal-dev # (the same; tests compare it with the portable codec)
+    # The RDMA backend (feature `rdma`, sideway) and the hardware lane
+    # (hw-tests/lane.sh: a qemu guest with soft-RoCE and the kernel NBD client).
+    cmake clang libibverbs-dev librdmacm-dev   # building sideway / rdma-mummy-sys
+    rdma-core ibverbs-utils perftest           # rxe provider, ibv_devinfo, ib_read_lat, ib_write_bw
+    qemu-system-x86 nbd-client busybox-static cpio kmod
 )
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -53,6 +58,9 @@ cargo fmt --all -- --check
 log "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "cargo clippy (transport with the RDMA backend, feature rdma)"
+cargo clippy -p stretto-transport --features rdma --all-targets --locked -- -D warnings
+
 # The tests run in the `ci` profile (Cargo.toml): optimised, with debug
 # assertions and overflow checks. End-to-end tests run the `stretto` binary
 # of the same profile (CARGO_BIN_EXE_stretto).
@@ -60,3 +68,9 @@ log "cargo test (whole workspace, profile ci)"
 cargo test --workspace --locked --no-fail-fast --profile ci 2>&1 | tee target/test-output.txt
 # Summarise: one closing line over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' target/test-output.txt
+
+# The hardware lane: soft-RoCE and the kernel nbd-client in a qemu guest
+# (stock Debian kernel; cached under target/hw-lane). One PASS/FAIL line
+# per check; fails the run if any check fails.
+log "hardware lane (hw-tests/lane.sh)"
+hw-tests/lane.sh

@@ -58,8 +58,10 @@ enum BrickCmd {
         /// Address to listen on, e.g. 127.0.0.1:24007.
         #[arg(long)]
         listen: String,
-        /// Transport: only `tcp` is available in this build (`auto` means tcp).
-        #[arg(long, default_value = "auto", value_parser = ["tcp", "auto"])]
+        /// Transport: the brick always serves TCP (management, TCP clients);
+        /// `rdma` also serves RDMA verbs on the same port number and fails if
+        /// it cannot, `auto` serves RDMA too when a device is present.
+        #[arg(long, default_value = "auto", value_parser = ["tcp", "rdma", "auto"])]
         transport: String,
     },
     /// Show a running brick's counters (operations, bytes, latency).
@@ -104,10 +106,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Brick(BrickCmd::Serve {
             dir,
             listen,
-            transport: _,
+            transport,
         }) => {
             let addr = demo::resolve(&listen)?;
-            Ok(runtime()?.block_on(brick::serve_until_signal(&dir, addr))?)
+            let kind = transport
+                .parse::<transport::TransportKind>()
+                .map_err(anyhow::Error::msg)?;
+            Ok(runtime()?.block_on(brick::serve_until_signal_via(&dir, addr, kind))?)
         }
         Command::Brick(BrickCmd::Stats { addr, secret_file }) => {
             let addr = demo::resolve(&addr)?;

@@ -32,6 +32,10 @@ enum NbdCmd {
         /// Address to listen on (the NBD port is 10809).
         #[arg(long, default_value = "127.0.0.1:10809")]
         listen: String,
+        /// Transport to the bricks: tcp, rdma or auto (default: the volume's
+        /// `transport` option).
+        #[arg(long, value_parser = ["tcp", "rdma", "auto"])]
+        transport: Option<String>,
         /// Export only these images (repeat the option); default: every image of the volume.
         #[arg(long = "export")]
         exports: Vec<String>,
@@ -79,7 +83,17 @@ pub async fn run(args: NbdArgs) -> Result<()> {
             exports,
             pool,
             secret_file,
-        } => serve(&volume, &listen, &exports, &pool, &secret_file).await,
+            transport,
+        } => {
+            if let Some(t) = transport {
+                let kind = t
+                    .parse::<transport::TransportKind>()
+                    .map_err(anyhow::Error::msg)?;
+                let kind = transport::rdma::resolve_client_transport(kind)?;
+                transport::rdma::set_client_transport(kind);
+            }
+            serve(&volume, &listen, &exports, &pool, &secret_file).await
+        }
     }
 }
 

@@ -51,8 +51,8 @@ enum VolumeCmd {
     },
     /// List the pool's volumes.
     List,
-    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS, transport tcp,
-    /// stripe-unit SIZE (stripe volumes, before the first start; default 128K).
+    /// Set an option: quorum-type (auto|fixed|none), quorum-count N, ping-timeout SECONDS,
+    /// transport tcp|rdma|rdma,tcp, stripe-unit SIZE (stripe volumes, before the first start; default 128K).
     Set {
         name: String,
         key: String,

@@ -20,7 +20,7 @@ pub mod stats;
 use std::path::PathBuf;
 
 pub use layout::{init, BrickDir, BrickId, BrickInfo};
-pub use server::{fetch_stats, serve_until_signal, Brick};
+pub use server::{fetch_stats, serve_until_signal, serve_until_signal_via, Brick};
 pub use stats::StatsReport;
 
 /// What can go wrong running or talking to a brick.

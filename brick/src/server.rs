@@ -604,6 +604,18 @@ impl Handler for Brick {
 /// Serves the brick in `dir` on `addr` until SIGTERM or SIGINT, then stops
 /// accepting, finishes requests in flight, flushes and exits.
 pub async fn serve_until_signal(dir: &Path, addr: SocketAddr) -> Result<(), BrickError> {
+    serve_until_signal_via(dir, addr, transport::TransportKind::Tcp).await
+}
+
+/// [`serve_until_signal`], also serving RDMA verbs on the same port number
+/// (rdma_cm) when `kind` is `rdma` (or an error naming what is missing) or
+/// `auto` with a device present (else one log line). TCP is always served:
+/// management commands and TCP clients use it.
+pub async fn serve_until_signal_via(
+    dir: &Path,
+    addr: SocketAddr,
+    kind: transport::TransportKind,
+) -> Result<(), BrickError> {
     let brick = Arc::new(Brick::open(dir)?);
     let secret_path = BrickDir::new(dir).secret();
     let secret = Secret::load(&secret_path).map_err(|source| BrickError::Secret {
@@ -623,8 +635,39 @@ pub async fn serve_until_signal(dir: &Path, addr: SocketAddr) -> Result<(), Bric
         direct_io = brick.store().direct_io(),
         "brick serving (transport tcp)"
     );
+    let rdma = match kind {
+        transport::TransportKind::Tcp => None,
+        _ => match transport::rdma::rdma_fabric() {
+            Ok(fabric) => match transport::rdma::RdmaListener::bind(fabric, &local.to_string()) {
+                Ok(l) => Some(l),
+                Err(e) if kind == transport::TransportKind::Rdma => {
+                    return Err(BrickError::Listen {
+                        addr,
+                        source: std::io::Error::other(format!("RDMA listener: {e}")),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!("transport auto: serving TCP only: RDMA listener: {e}");
+                    None
+                }
+            },
+            Err(e) if kind == transport::TransportKind::Rdma => {
+                return Err(BrickError::Listen {
+                    addr,
+                    source: std::io::Error::new(std::io::ErrorKind::Unsupported, e.to_string()),
+                });
+            }
+            Err(e) => {
+                tracing::warn!("transport auto: serving TCP only: {e}");
+                None
+            }
+        },
+    };
     // Ready line on stdout for scripts and tests that start bricks.
     println!("listening on {local}");
+    if let Some(l) = &rdma {
+        println!("rdma listening on {} ({})", l.local_addr(), l.fabric_name());
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopping = brick.clone();
@@ -640,9 +683,24 @@ pub async fn serve_until_signal(dir: &Path, addr: SocketAddr) -> Result<(), Bric
         ..ServerOptions::default()
     };
     let handler: Arc<dyn Handler> = brick.clone();
-    transport::serve_with(listener, secret, handler, stop_rx, opts)
-        .await
-        .map_err(|source| BrickError::Listen { addr, source })?;
+    let rdma_task = rdma.map(|l| {
+        let ropts = ServerOptions {
+            pool: Some(brick.store().pool().clone()),
+            ..ServerOptions::default()
+        };
+        tokio::spawn(transport::rdma::serve_rdma(
+            l,
+            secret.clone(),
+            handler.clone(),
+            stop_rx.clone(),
+            ropts,
+        ))
+    });
+    let served = transport::serve_with(listener, secret, handler, stop_rx, opts).await;
+    if let Some(t) = rdma_task {
+        let _ = t.await;
+    }
+    served.map_err(|source| BrickError::Listen { addr, source })?;
     brick.shutdown()?;
     tracing::info!("brick stopped cleanly");
     Ok(())

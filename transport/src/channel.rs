@@ -102,9 +102,22 @@ pub struct ServerPayload {
     connection: u64,
 }
 
+/// One-sided access to the caller's memory (RDMA), given to a
+/// [`ServerPayload`] by the RDMA server.
+pub(crate) trait RemoteAccess: Send + Sync + std::fmt::Debug {
+    /// RDMA READ of the caller's data into a registered buffer.
+    fn read(&self, remote: crate::rdma::RemoteRef) -> BoxFuture<'_, Result<IoBuf, TransportError>>;
+}
+
 #[derive(Debug)]
 enum Source {
     None,
+    /// RDMA: the caller's data waits in its registered memory.
+    Remote {
+        access: Arc<dyn RemoteAccess>,
+        remote: crate::rdma::RemoteRef,
+        taken: bool,
+    },
     /// TCP: the caller's bytes, already read off the socket into this buffer.
     Inline {
         buf: Option<IoBuf>,
@@ -136,6 +149,23 @@ impl ServerPayload {
         }
     }
 
+    /// RDMA: the caller's data is at `remote`, fetched on demand.
+    pub(crate) fn remote(
+        access: Arc<dyn RemoteAccess>,
+        remote: crate::rdma::RemoteRef,
+        peer: Arc<str>,
+        connection: u64,
+    ) -> ServerPayload {
+        ServerPayload {
+            source: Source::Remote {
+                access,
+                remote,
+                taken: false,
+            },
+            ..ServerPayload::none(peer, connection)
+        }
+    }
+
     /// A payload whose reply may carry up to `capacity` bytes of data (the
     /// caller's `In` buffer; on TCP, the read's length).
     pub fn with_sink(mut self, capacity: u32) -> ServerPayload {
@@ -159,6 +189,7 @@ impl ServerPayload {
         match &self.source {
             Source::None => 0,
             Source::Inline { len, .. } => *len,
+            Source::Remote { remote, .. } => remote.len,
         }
     }
 
@@ -173,6 +204,19 @@ impl ServerPayload {
             Source::Inline { buf, .. } => buf.take().ok_or_else(|| TransportError::Payload {
                 reason: "the request's data was already taken".into(),
             }),
+            Source::Remote {
+                access,
+                remote,
+                taken,
+            } => {
+                if *taken {
+                    return Err(TransportError::Payload {
+                        reason: "the request's data was already taken".into(),
+                    });
+                }
+                *taken = true;
+                access.read(*remote).await
+            }
         }
     }
 
@@ -186,7 +230,14 @@ impl ServerPayload {
                 reason: format!("{len} data bytes do not fit a buffer of {}", dst.capacity()),
             });
         }
+        if let Source::Remote { .. } = &self.source {
+            let src = self.data().await?;
+            dst.set_len(len);
+            dst.as_mut_slice().copy_from_slice(&src.as_slice()[..len]);
+            return Ok(());
+        }
         match &self.source {
+            Source::Remote { .. } => Ok(()),
             Source::Inline { buf: Some(src), .. } => {
                 dst.set_len(len);
                 dst.as_mut_slice().copy_from_slice(src.as_slice());

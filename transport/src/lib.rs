@@ -14,11 +14,13 @@
 pub mod auth;
 pub mod channel;
 pub mod error;
+pub mod rdma;
 pub mod tcp;
 pub mod wire;
 
 pub use auth::{Secret, SecretError};
 pub use channel::{BoxFuture, Channel, ConnState, Handler, Payload, ServerPayload};
 pub use error::TransportError;
+pub use rdma::{connect_channel, RdmaClient, TransportKind};
 pub use tcp::{serve, serve_with, ClientOptions, ServerOptions, TcpClient};
 pub use wire::{ErrorCode, ErrorReply, ObjectId, Request, Response};

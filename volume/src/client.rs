@@ -248,9 +248,10 @@ impl Client {
         opts: ClientOptions,
     ) -> Result<Client> {
         let opts = link_options(&spec, opts)?;
+        let kind = link_transport(&spec);
         let mut links = Vec::with_capacity(spec.bricks.len());
         for b in &spec.bricks {
-            links.push(BrickLink::connect(b, secret.clone(), opts.clone()).await);
+            links.push(BrickLink::connect_via(b, secret.clone(), opts.clone(), kind).await);
         }
         let client = Client::build(spec, links, Some((secret, opts)))?;
         let weak = Arc::downgrade(&client.shared);
@@ -480,7 +481,9 @@ async fn reload(shared: &Shared, spec: VolumeSpec) -> Result<()> {
             .find(|l| same_timeout && l.addr() == b.as_str());
         links.push(match kept {
             Some(l) => l.clone(),
-            None => BrickLink::connect(b, secret.clone(), opts.clone()).await,
+            None => {
+                BrickLink::connect_via(b, secret.clone(), opts.clone(), link_transport(&spec)).await
+            }
         });
     }
     let generation = spec.generation;
@@ -505,6 +508,18 @@ fn link_options(spec: &VolumeSpec, mut opts: ClientOptions) -> Result<ClientOpti
     opts.request_timeout = ping_timeout(spec)?;
     opts.connect_timeout = opts.connect_timeout.min(opts.request_timeout);
     Ok(opts)
+}
+
+/// The transport links use: `--transport` on the command line wins over
+/// the volume option `transport` (default tcp).
+fn link_transport(spec: &VolumeSpec) -> transport::TransportKind {
+    match transport::rdma::client_transport() {
+        Some(k) => k,
+        None => spec
+            .option("transport", "tcp")
+            .parse::<transport::TransportKind>()
+            .unwrap_or_default(),
+    }
 }
 
 /// Asks one brick that is up for the volume's description every

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use transport::wire::Ping;
 use transport::{
-    Channel, ClientOptions, ConnState, Payload, Request, Response, Secret, TcpClient,
-    TransportError,
+    connect_channel, Channel, ClientOptions, ConnState, Payload, Request, Response, Secret,
+    TransportError, TransportKind,
 };
 
 /// Why a call did not get a reply.
@@ -54,19 +54,30 @@ impl BrickLink {
     /// Connects to `addr`; if the brick does not answer, keeps trying in the
     /// background (every `opts.reconnect_min`, at least 100 ms).
     pub async fn connect(addr: &str, secret: Secret, opts: ClientOptions) -> Arc<BrickLink> {
+        Self::connect_via(addr, secret, opts, TransportKind::Tcp).await
+    }
+
+    /// [`BrickLink::connect`] over a chosen transport (`auto` falls back to
+    /// TCP with a log line; `rdma` without a device keeps failing).
+    pub async fn connect_via(
+        addr: &str,
+        secret: Secret,
+        opts: ClientOptions,
+        kind: TransportKind,
+    ) -> Arc<BrickLink> {
         let link = Arc::new(BrickLink {
             addr: addr.to_owned(),
             chan: Mutex::new(None),
             ups: Arc::new(AtomicU64::new(0)),
             suspect: Arc::new(AtomicBool::new(false)),
         });
-        match TcpClient::connect(addr, secret.clone(), opts.clone()).await {
-            Ok(c) => link.install(Arc::new(c)),
+        match connect_channel(kind, addr, secret.clone(), opts.clone(), None).await {
+            Ok(c) => link.install(c),
             Err(e) => {
                 tracing::warn!(brick = addr, error = %e, "brick unreachable; retrying in the background");
                 let weak = Arc::downgrade(&link);
                 let addr = addr.to_owned();
-                tokio::spawn(retry(weak, addr, secret, opts));
+                tokio::spawn(retry(weak, addr, secret, opts, kind));
             }
         }
         link
@@ -182,17 +193,23 @@ async fn probe(
     }
 }
 
-async fn retry(link: Weak<BrickLink>, addr: String, secret: Secret, opts: ClientOptions) {
+async fn retry(
+    link: Weak<BrickLink>,
+    addr: String,
+    secret: Secret,
+    opts: ClientOptions,
+    kind: TransportKind,
+) {
     let pause = opts.reconnect_min.max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(pause).await;
         if link.strong_count() == 0 {
             return;
         }
-        if let Ok(c) = TcpClient::connect(&addr, secret.clone(), opts.clone()).await {
+        if let Ok(c) = connect_channel(kind, &addr, secret.clone(), opts.clone(), None).await {
             if let Some(l) = link.upgrade() {
                 tracing::info!(brick = %addr, "brick reachable again");
-                l.install(Arc::new(c));
+                l.install(c);
             }
             return;
         }

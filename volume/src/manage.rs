@@ -679,8 +679,8 @@ pub fn check_option(spec: &VolumeSpec, key: &str, value: &str) -> Result<String,
             _ => Err(bad("seconds, from 1 to 86400".into())),
         },
         "transport" => match value {
-            "tcp" => Ok(value.into()),
-            _ => Err(bad("tcp (the only transport in this build)".into())),
+            "tcp" | "rdma" | "rdma,tcp" | "tcp,rdma" => Ok(value.into()),
+            _ => Err(bad("tcp, rdma, or rdma,tcp".into())),
         },
         "stripe-unit" => {
             // Moving the unit would move every byte already written.

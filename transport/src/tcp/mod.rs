@@ -12,6 +12,7 @@ mod client;
 mod server;
 
 pub use client::{ClientOptions, TcpClient};
+pub(crate) use server::shutdown_requested;
 pub use server::{serve, serve_with, ServerOptions};
 
 use crate::wire::{Frame, FrameDecoder, FrameError};
