@@ -14,8 +14,7 @@ APT_PACKAGES=(
     fio         # object-store and NBD comparisons in bench/
     fuse3       # fusermount3 for the nbdfuse ext4 test
     nbdkit      # NBD peer in bench/ (stretto-bench nbd)
-    libnbd-bin  # nbdinfo, nbdcopy, nbdsh (NBD real-client tests)
-    nbdfuse     # NBD export as a file, for loop + ext4 (NBD test)
+    libnbd-bin  # nbdinfo, nbdcopy, nbdsh, nbdfuse (NBD real-client tests)
     python3-libnbd # nbdsh's python module
     qemu-utils  # qemu-img, qemu-io (NBD real-client tests)
     iproute2    # network namespaces for partition tests
