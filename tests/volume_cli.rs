@@ -225,7 +225,7 @@ fn bad_commands_fail_with_one_line_and_change_nothing() {
             vec!["set", "good", "ping-timeout", "-1"],
             "for ping-timeout",
         ),
-        (vec!["set", "good", "transport", "rdma"], "for transport"),
+        (vec!["set", "good", "transport", "udp"], "for transport"),
         (vec!["get", "good", "colour"], "unknown option"),
         (vec!["stop", "good"], "only a started volume can be stopped"),
         (vec!["status", "detail", "nosuch"], "no volume named nosuch"),
