@@ -41,7 +41,10 @@ fn options() {
     assert_eq!(check_option(&s, "ping-timeout", "10").unwrap(), "10");
     assert_eq!(check_option(&s, "transport", "tcp").unwrap(), "tcp");
     assert_eq!(check_option(&s, "transport", "rdma").unwrap(), "rdma");
-    assert_eq!(check_option(&s, "transport", "rdma,tcp").unwrap(), "rdma,tcp");
+    assert_eq!(
+        check_option(&s, "transport", "rdma,tcp").unwrap(),
+        "rdma,tcp"
+    );
     let e = check_option(&s, "quorum-count", "4").unwrap_err();
     assert_eq!(
         e.to_string(),
