@@ -31,16 +31,24 @@ APT_PACKAGES=(
 log() { printf '\n=== %s\n' "$*"; }
 
 install_deps() {
-    local missing=()
-    for p in "${APT_PACKAGES[@]}"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    if ((${#missing[@]})); then
-        log "installing apt packages: ${missing[*]}"
-        if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
-        $SUDO apt-get update -qq
+    if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    # Two passes: installing one package can remove another that was there
+    # (on a fresh machine, Debian's qemu-system-x86 replaces a newer
+    # qemu-utils from elsewhere), so look again after installing.
+    local pass updated=0
+    for pass in 1 2; do
+        local missing=()
+        for p in "${APT_PACKAGES[@]}"; do
+            dpkg -s "$p" 2>/dev/null | grep -q '^Status: install ok installed' || missing+=("$p")
+        done
+        ((${#missing[@]})) || break
+        log "installing apt packages (pass $pass): ${missing[*]}"
+        if [ "$updated" = 0 ]; then $SUDO apt-get update -qq; updated=1; fi
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    done
+    for tool in qemu-img qemu-io nbdinfo fio; do
+        command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing after the install step" >&2; exit 1; }
+    done
     for comp in rustfmt clippy; do
         if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
             log "installing rust component $comp"
