@@ -753,11 +753,11 @@ async fn handle_one(
         _ => None,
     };
     let (mut payload, sink) = match (&req, remote) {
-        (Request::Write(_), Some(r)) => (
+        (Request::Write(_) | Request::WriteBlocks(_), Some(r)) => (
             ServerPayload::remote(conn.clone() as Arc<dyn RemoteAccess>, r, peer, id),
             None,
         ),
-        (Request::Write(_), None) => (
+        (Request::Write(_) | Request::WriteBlocks(_), None) => (
             ServerPayload::remote(
                 conn.clone() as Arc<dyn RemoteAccess>,
                 RemoteRef {
@@ -770,11 +770,11 @@ async fn handle_one(
             ),
             None,
         ),
-        (Request::Read(r), Some(sink)) => (
+        (Request::Read(r) | Request::ReadBlocks(r), Some(sink)) => (
             ServerPayload::none(peer, id).with_sink(r.len.min(sink.len)),
             Some(sink),
         ),
-        (Request::Read(r), None) if r.len > 0 => {
+        (Request::Read(r) | Request::ReadBlocks(r), None) if r.len > 0 => {
             return Response::error(
                 ErrorCode::Invalid,
                 "an RDMA read must name the caller's buffer",

@@ -390,7 +390,7 @@ impl<V: Verbs> Engine<V> {
             Payload::None => None,
             Payload::Out(b) | Payload::In(b) => {
                 let len = match (&req, &payload) {
-                    (Request::Read(r), _) => r.len,
+                    (Request::Read(r) | Request::ReadBlocks(r), _) => r.len,
                     _ => b.len() as u32,
                 };
                 let addr = b.as_ptr() as u64;

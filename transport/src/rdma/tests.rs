@@ -10,7 +10,8 @@ use crate::channel::{BoxFuture, Channel, ConnState, Handler, Payload, ServerPayl
 use crate::error::TransportError;
 use crate::tcp::{ClientOptions, ServerOptions};
 use crate::wire::{
-    DataRef, ErrorCode, ObjectId, Ping, ReadReply, ReadReq, Request, Response, WriteReply, WriteReq,
+    block_crcs, DataRef, ErrorCode, ObjectId, Ping, ReadBlocksReply, ReadReply, ReadReq, Request,
+    Response, WriteBlocksReq, WriteReply, WriteReq,
 };
 use iobuf::{BufPool, IoBuf};
 use std::collections::HashMap;
@@ -594,6 +595,35 @@ impl Handler for MemHandler {
                         crc32c: 0,
                     })
                 }
+                // The integrity opcodes move their data like Write and Read.
+                Request::WriteBlocks(w) => match payload.data().await {
+                    Ok(buf) => {
+                        if w.crcs != block_crcs(w.write.offset, buf.as_slice()) {
+                            return Response::error(ErrorCode::Invalid, "block CRC mismatch");
+                        }
+                        let n = buf.len() as u32;
+                        self.data
+                            .lock()
+                            .unwrap()
+                            .insert(w.write.offset, buf.as_slice().to_vec());
+                        Response::WriteBlocks(WriteReply { written: n })
+                    }
+                    Err(e) => Response::error(ErrorCode::Io, e.to_string()),
+                },
+                Request::ReadBlocks(r) => {
+                    let d = self.data.lock().unwrap().get(&r.offset).cloned();
+                    let Some(d) = d else {
+                        return Response::error(ErrorCode::NotFound, "no such data");
+                    };
+                    let crcs = block_crcs(r.offset, &d);
+                    if let Err(e) = payload.push_from(IoBuf::from_slice(&d)).await {
+                        return Response::error(ErrorCode::Io, e.to_string());
+                    }
+                    Response::ReadBlocks(ReadBlocksReply {
+                        data: DataRef::None,
+                        crcs,
+                    })
+                }
                 _ => Response::error(ErrorCode::Unsupported, "test handler"),
             }
         })
@@ -675,6 +705,51 @@ async fn client_and_server_round_trip_over_simulated_verbs() {
     assert_eq!(fabric.rnr_events(), 0);
     client.close().await;
     assert_eq!(client.state(), ConnState::Down);
+}
+
+/// WriteBlocks and ReadBlocks (data with per-block CRCs) carry their data
+/// one-sided, like Write and Read: the brick RDMA-READs the write data and
+/// RDMA-WRITEs the read data, the CRC tables travel in the messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_crc_opcodes_move_data_one_sided() {
+    let fabric = SimFabric::new(SimConfig::default());
+    let (addr, _stop) = start_server(&fabric).await;
+    let client = RdmaClient::connect(Arc::new(fabric.clone()), &addr, secret(), fast_opts())
+        .await
+        .unwrap();
+    for (i, len) in [(0u64, 4096usize), (1 << 20, 3 * 4096 + 100)] {
+        let data = pattern(i, len);
+        let Request::Write(w) = write_req(i) else {
+            unreachable!()
+        };
+        let before = fabric.one_sided_bytes();
+        let (resp, _) = client
+            .call(
+                Request::WriteBlocks(WriteBlocksReq::new(w, &data)),
+                Payload::Out(IoBuf::from_slice(&data)),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(resp, Response::WriteBlocks(WriteReply { written }) if written as usize == len),
+            "{resp:?}"
+        );
+        let Request::Read(r) = read_req(i, len as u32) else {
+            unreachable!()
+        };
+        let (resp, back) = client
+            .call(Request::ReadBlocks(r), Payload::In(IoBuf::alloc(len)))
+            .await
+            .unwrap();
+        let Response::ReadBlocks(reply) = resp else {
+            panic!("{resp:?}")
+        };
+        let back = back.into_buf().unwrap();
+        assert_eq!(back.as_slice(), &data[..]);
+        assert_eq!(reply.crcs, block_crcs(i, &data));
+        assert!(fabric.one_sided_bytes() >= before + 2 * len as u64);
+    }
+    client.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
