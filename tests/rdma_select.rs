@@ -29,12 +29,18 @@ fn brick_serve_rdma_fails_clearly_without_rdma() {
         .args(["brick", "serve"])
         .arg(&b.dir)
         .args(["--listen", "127.0.0.1:0", "--transport", "rdma"])
-        .env("STRETTO_LOG", "warn")
+        .env("STRETTO_LOG", "info")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(names_what_is_missing(&stderr), "{stderr}");
+    assert!(
+        stderr.contains("cannot serve --transport rdma on 127.0.0.1:0"),
+        "{stderr}"
+    );
+    // Nothing claims to serve before the failure.
+    assert!(!stderr.contains("brick serving"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
 }
 

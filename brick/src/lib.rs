@@ -68,6 +68,12 @@ pub enum BrickError {
         #[source]
         source: std::io::Error,
     },
+    /// `--transport rdma` was asked for and RDMA cannot be served.
+    #[error("cannot serve --transport rdma on {addr}: {reason}")]
+    Rdma {
+        addr: std::net::SocketAddr,
+        reason: String,
+    },
     /// Talking to a remote brick failed.
     #[error("brick {addr}")]
     Transport {

@@ -628,22 +628,15 @@ pub async fn serve_until_signal_via(
     let local = listener
         .local_addr()
         .map_err(|source| BrickError::Listen { addr, source })?;
-    tracing::info!(
-        brick = %brick.info().id,
-        dir = %dir.display(),
-        listen = %local,
-        direct_io = brick.store().direct_io(),
-        "brick serving (transport tcp)"
-    );
     let rdma = match kind {
         transport::TransportKind::Tcp => None,
         _ => match transport::rdma::rdma_fabric() {
             Ok(fabric) => match transport::rdma::RdmaListener::bind(fabric, &local.to_string()) {
                 Ok(l) => Some(l),
                 Err(e) if kind == transport::TransportKind::Rdma => {
-                    return Err(BrickError::Listen {
+                    return Err(BrickError::Rdma {
                         addr,
-                        source: std::io::Error::other(format!("RDMA listener: {e}")),
+                        reason: format!("RDMA listener: {e}"),
                     });
                 }
                 Err(e) => {
@@ -652,9 +645,9 @@ pub async fn serve_until_signal_via(
                 }
             },
             Err(e) if kind == transport::TransportKind::Rdma => {
-                return Err(BrickError::Listen {
+                return Err(BrickError::Rdma {
                     addr,
-                    source: std::io::Error::new(std::io::ErrorKind::Unsupported, e.to_string()),
+                    reason: e.to_string(),
                 });
             }
             Err(e) => {
@@ -663,6 +656,14 @@ pub async fn serve_until_signal_via(
             }
         },
     };
+    tracing::info!(
+        brick = %brick.info().id,
+        dir = %dir.display(),
+        listen = %local,
+        direct_io = brick.store().direct_io(),
+        "brick serving (transport {})",
+        if rdma.is_some() { "tcp and rdma" } else { "tcp" }
+    );
     // Ready line on stdout for scripts and tests that start bricks.
     println!("listening on {local}");
     if let Some(l) = &rdma {
