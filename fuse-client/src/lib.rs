@@ -11,7 +11,9 @@
 //! through `volume`.
 
 pub mod cml;
+pub mod fs;
 pub mod inode;
+pub mod mount;
 pub mod namespace;
 
 pub use cml::{Cml, CmlEntry};
