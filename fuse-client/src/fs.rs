@@ -667,18 +667,22 @@ impl Shared {
                     *lock(&w.mtime) = Timespec::now();
                 }
             }
+            // Data written through this mount first, so that times set
+            // here are not overwritten by a later store of the size.
+            let open_writer = lock(&self.writers).get(&fid).cloned();
+            if let Some(w) = &open_writer {
+                if set.size.is_some() {
+                    w.dirty.store(false, Ordering::Release);
+                } else {
+                    self.store(fid, w).await?;
+                }
+            }
             let mut set = set;
             if set.size.is_some() && set.mtime.is_none() {
                 set.mtime = Some(Timespec::now());
             }
             let now = Timespec::now();
             let out = self.apply(CmlEntry::SetAttr { fid, set, now }).await?;
-            if let Some(w) = lock(&self.writers).get(&fid) {
-                if out.inode.is_some() {
-                    // The size is recorded; later writes mark it again.
-                    w.dirty.store(false, Ordering::Release);
-                }
-            }
             let i = match out.inode {
                 Some((_, _, i)) => self.overlay(fid, i),
                 None => self.inode(fid, false).await?,
