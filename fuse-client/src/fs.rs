@@ -520,8 +520,12 @@ impl Shared {
             res = self.store(fid, &w).await;
             let _gate = self.lease_gate.lock().await;
             if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let w = lock(&self.writers).remove(&fid);
-                if let Some(w) = w.and_then(|w| Arc::try_unwrap(w).ok()) {
+                let removed = lock(&self.writers).remove(&fid);
+                // Ours was the last handle: with this clone gone the map's
+                // is the only one, and the lease is released before the
+                // next open can take it again.
+                drop(w);
+                if let Some(w) = removed.and_then(|w| Arc::try_unwrap(w).ok()) {
                     if let Err(e) = w.obj.close().await {
                         tracing::warn!(%fid, error = %e, "lease release failed");
                     }
