@@ -75,6 +75,21 @@ impl Mount {
         }
     }
 
+    fn cached_files(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(self._dir.path().join("cache/data"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     fn p(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
     }
@@ -386,6 +401,33 @@ fn two_mounts_see_each_others_changes() {
     .mode()
         & 0o777
         == 0o600));
+}
+
+#[test]
+fn disk_cache_keeps_whole_files_within_its_limit() {
+    let pool = replica3();
+    let a = Mount::new(&pool, &["--cache-size", "1M"]);
+    let b = Mount::new(&pool, &[]);
+    let file = |i: u8| vec![i; 400 * 1024];
+    for i in 0..3u8 {
+        std::fs::write(b.p(&format!("f{i}")), file(i)).unwrap();
+    }
+    // Each read fetches the whole file into A's cache; the third evicts
+    // the least recently used (f0).
+    for i in 0..3u8 {
+        assert_eq!(std::fs::read(a.p(&format!("f{i}"))).unwrap(), file(i));
+    }
+    let held = a.cached_files();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.iter().map(|(_, n)| n).sum::<u64>() <= 1 << 20);
+    // Read again from the cache: same bytes.
+    assert_eq!(std::fs::read(a.p("f2")).unwrap(), file(2));
+    // B changes f2: A's copy is for an older inode version and is not
+    // served (close-to-open), the new one replaces it.
+    std::fs::write(b.p("f2"), vec![9u8; 1000]).unwrap();
+    assert_eq!(std::fs::read(a.p("f2")).unwrap(), vec![9u8; 1000]);
+    let held = a.cached_files();
+    assert!(held.iter().any(|(_, n)| *n == 1000), "{held:?}");
 }
 
 fn fio(dir: &Path, name: &str, engine: &str, direct: bool) {

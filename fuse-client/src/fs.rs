@@ -85,6 +85,9 @@ enum Handle {
     File {
         fid: Fid,
         writer: Option<Arc<Writer>>,
+        /// The whole file from the disk cache, and its size, when opened
+        /// for reading.
+        cached: Option<(Arc<std::fs::File>, u64)>,
     },
     Image {
         fid: Fid,
@@ -119,6 +122,7 @@ pub struct Shared {
     /// Sequence numbers of our own commits (the callback task skips them).
     own: Mutex<HashSet<u64>>,
     images: Mutex<Option<(Instant, BTreeMap<String, ImageEntry>)>>,
+    disk: Option<crate::cache::DiskCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -214,6 +218,70 @@ impl Shared {
             next_fh: AtomicU64::new(1),
             own: Mutex::default(),
             images: Mutex::new(None),
+            disk: None,
+        }
+    }
+
+    /// Keeps whole files in `disk` (see [`crate::cache`]).
+    pub fn with_disk_cache(mut self, disk: crate::cache::DiskCache) -> Shared {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// The disk cache's bytes, copies, hits and misses.
+    pub fn disk_stats(&self) -> Option<(u64, usize, u64, u64)> {
+        self.disk.as_ref().map(|d| d.stats())
+    }
+
+    /// The inode as the store has it now, with its version.
+    async fn fresh_inode(&self, fid: Fid) -> Result<(u64, Inode), Errno> {
+        let g = self.gen.load(Ordering::Acquire);
+        match self.ns.inode(fid).await {
+            Ok(Some((v, i))) => {
+                if self.gen.load(Ordering::Acquire) == g {
+                    lock(&self.attrs).insert(fid, (v, i.clone()));
+                }
+                Ok((v, self.overlay(fid, i)))
+            }
+            Ok(None) => match lock(&self.orphans).get(&fid) {
+                Some(i) => Ok((0, self.overlay(fid, i.clone()))),
+                None => Err(Errno::ENOENT),
+            },
+            Err(e) => Err(ns_errno(&e)),
+        }
+    }
+
+    /// The whole file from the disk cache at `version`, fetched from the
+    /// bricks if the cache has no copy of that version.
+    async fn cached_copy(
+        &self,
+        fid: Fid,
+        version: u64,
+        size: u64,
+    ) -> Result<Option<(Arc<std::fs::File>, u64)>, Errno> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        if version == 0 || !disk.wants(size) || lock(&self.writers).contains_key(&fid) {
+            return Ok(None);
+        }
+        if let Some(f) = disk.get(fid, version) {
+            return Ok(Some((f, size)));
+        }
+        let obj = self.client.object(fid);
+        let mut data = Vec::with_capacity(size as usize);
+        while (data.len() as u64) < size {
+            let at = data.len() as u64;
+            let n = (size - at).min(volume::xlator::MAX_PIECE);
+            let piece = obj.read(at, n).await.map_err(|e| vol_errno(&e))?;
+            data.extend_from_slice(&piece);
+        }
+        match disk.put(fid, version, &data) {
+            Ok(f) => Ok(Some((f, size))),
+            Err(e) => {
+                tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
+                Ok(None)
+            }
         }
     }
 
@@ -241,6 +309,9 @@ impl Shared {
     pub(crate) fn forget_inode(&self, fid: Fid) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         lock(&self.attrs).remove(&fid);
+        if let Some(d) = &self.disk {
+            d.remove(fid);
+        }
     }
 
     /// Drops a cached directory entry (callback path).
@@ -1003,19 +1074,23 @@ impl fuser::Filesystem for StrettoFs {
         let fid = s.fid(ino);
         let r = s.block(async {
             // Close-to-open: the inode as the bricks have it now.
-            let i = s.inode(fid, true).await?;
+            let (version, i) = s.fresh_inode(fid).await?;
             match i.kind {
                 Kind::Dir => return Err(Errno::EISDIR),
                 Kind::File => {}
                 _ => return Err(Errno::EINVAL),
             }
-            let writer = if write {
-                Some(s.writer_for(fid, i.size).await?)
+            let (writer, cached) = if write {
+                (Some(s.writer_for(fid, i.size).await?), None)
             } else {
-                None
+                (None, s.cached_copy(fid, version, i.size).await?)
             };
             s.opened(fid);
-            Ok(s.new_fh(Handle::File { fid, writer }))
+            Ok(s.new_fh(Handle::File {
+                fid,
+                writer,
+                cached,
+            }))
         });
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1036,14 +1111,31 @@ impl fuser::Filesystem for StrettoFs {
     ) {
         let s = &self.s;
         let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File { fid, .. }) => Ok((*fid, None)),
-            Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size))),
+            Some(Handle::File { fid, cached, .. }) => Ok((*fid, None, cached.clone())),
+            Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size), None)),
             _ => Err(Errno::EBADF),
         };
-        let (fid, image_size) = match h {
+        let (fid, image_size, cached) = match h {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        // The cached copy serves reads unless this mount now writes the
+        // file (then the bricks have newer data).
+        if let Some((f, end)) = cached.filter(|_| !lock(&s.writers).contains_key(&fid)) {
+            use std::os::unix::fs::FileExt;
+            if offset >= end {
+                return reply.data(&[]);
+            }
+            let len = (size as u64).min(end - offset) as usize;
+            let mut buf = vec![0u8; len];
+            return match f.read_exact_at(&mut buf, offset) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => {
+                    tracing::warn!(%fid, error = %e, "cache read failed");
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
         let _ = ino;
         let r = s.block(async {
             let end = match image_size {
@@ -1116,6 +1208,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };
@@ -1141,6 +1234,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };
@@ -1170,7 +1264,7 @@ impl fuser::Filesystem for StrettoFs {
         let s = &self.s;
         let h = lock(&s.handles).remove(&fh.0);
         match h {
-            Some(Handle::File { fid, writer }) => match s.block(s.release_file(fid, writer)) {
+            Some(Handle::File { fid, writer, .. }) => match s.block(s.release_file(fid, writer)) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
@@ -1506,7 +1600,11 @@ impl fuser::Filesystem for StrettoFs {
                 None
             };
             s.opened(fid);
-            let fh = s.new_fh(Handle::File { fid, writer });
+            let fh = s.new_fh(Handle::File {
+                fid,
+                writer,
+                cached: None,
+            });
             Ok::<_, Errno>((fid, i, fh))
         });
         match r {
@@ -1536,6 +1634,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };

@@ -1,6 +1,7 @@
 //! The FUSE file system and its Venus-like cache manager.
 //!
 //! - [`inode`]: record formats and keys of the namespace.
+//! - [`cache`]: whole files on local disk, per inode version, LRU within a size limit.
 //! - [`cml`]: the client modification log; every namespace change is an entry.
 //! - [`namespace`]: directories and inodes over the volume's record store
 //!   (guarded all-or-nothing commits, planned again on conflict).
@@ -10,6 +11,7 @@
 //! It must never import `brick` or `storage`: it reaches bricks only
 //! through `volume`.
 
+pub mod cache;
 pub mod cml;
 pub mod fs;
 pub mod inode;

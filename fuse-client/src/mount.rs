@@ -31,6 +31,8 @@ pub struct MountConfig {
     pub options: FsOptions,
     /// FUSE session threads.
     pub threads: usize,
+    /// Cache directory and its size limit for file data (none: memory only).
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -89,7 +91,11 @@ pub fn mount(
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     rt.block_on(ns.ensure_root(0o755, uid, gid))
         .map_err(|e| std::io::Error::other(format!("cannot make the volume's root: {e}")))?;
-    let shared = Arc::new(Shared::new(rt.clone(), client, ns, cfg.options.clone()));
+    let mut shared = Shared::new(rt.clone(), client, ns, cfg.options.clone());
+    if let Some((dir, limit)) = &cfg.cache {
+        shared = shared.with_disk_cache(crate::cache::DiskCache::open(dir, spec.id, *limit)?);
+    }
+    let shared = Arc::new(shared);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("stretto:{}", spec.name)),
