@@ -8,8 +8,8 @@
 //! - [`fs`]: the FUSE adapter (fuser), data through volume objects.
 //! - [`mount`]: mounting, the callback task that breaks stale caches.
 //!
-//! It must never import `brick` or `storage`: it reaches bricks only
-//! through `volume`.
+//! It must never import `brick`: it reaches bricks only through `volume`.
+//! From `storage` it uses only RVM, for the client's own log.
 
 pub mod cache;
 pub mod cml;

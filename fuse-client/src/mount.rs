@@ -86,7 +86,20 @@ pub fn mount(
 ) -> std::io::Result<Mounted> {
     let spec = client.spec();
     let c2 = client.clone();
-    let ns = Namespace::new(spec.id, Arc::new(move || c2.records()));
+    let source: crate::namespace::StoreSource = Arc::new(move || c2.records());
+    let ns = match &cfg.cache {
+        Some((dir, _)) => {
+            let cml = crate::cml::Cml::open(&dir.join("cml")).map_err(std::io::Error::other)?;
+            Namespace::with_log(spec.id, source, cml)
+        }
+        None => Namespace::new(spec.id, source),
+    };
+    let (done, refused) = rt
+        .block_on(ns.replay())
+        .map_err(|e| std::io::Error::other(format!("cannot replay the client log: {e}")))?;
+    if done + refused > 0 {
+        tracing::info!(applied = done, refused, "client log replayed");
+    }
     // SAFETY: geteuid/getegid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     rt.block_on(ns.ensure_root(0o755, uid, gid))
