@@ -111,8 +111,9 @@ pub struct Shared {
     /// an invalidation is not cached after it.
     gen: AtomicU64,
     writers: Mutex<HashMap<Fid, Arc<Writer>>>,
-    /// Serialises taking leases, so two opens of one file share one.
-    lease_gate: tokio::sync::Mutex<()>,
+    /// Per file: serialises taking and releasing its lease, so two opens
+    /// of one file share one lease (a second take would fence the first).
+    lease_gates: Mutex<HashMap<Fid, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     open_count: Mutex<HashMap<Fid, usize>>,
     /// Open files whose last name went: their inode as last seen; the data
@@ -211,7 +212,7 @@ impl Shared {
             entries: Mutex::default(),
             gen: AtomicU64::new(0),
             writers: Mutex::default(),
-            lease_gate: tokio::sync::Mutex::new(()),
+            lease_gates: Mutex::default(),
             handles: Mutex::default(),
             open_count: Mutex::default(),
             orphans: Mutex::default(),
@@ -524,8 +525,32 @@ impl Shared {
             .ok_or(Errno::ENOENT)
     }
 
+    fn gate(&self, fid: Fid) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.lease_gates).entry(fid).or_default().clone()
+    }
+
+    fn drop_gate(&self, fid: Fid, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut g = lock(&self.lease_gates);
+        // Ours and the map's: no one else waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            g.remove(&fid);
+        }
+    }
+
     async fn writer_for(&self, fid: Fid, size: u64) -> Result<Arc<Writer>, Errno> {
-        let _gate = self.lease_gate.lock().await;
+        let gate = self.gate(fid);
+        let r = self.take_writer(fid, size, &gate).await;
+        self.drop_gate(fid, gate);
+        r
+    }
+
+    async fn take_writer(
+        &self,
+        fid: Fid,
+        size: u64,
+        gate: &tokio::sync::Mutex<()>,
+    ) -> Result<Arc<Writer>, Errno> {
+        let _held = gate.lock().await;
         if let Some(w) = lock(&self.writers).get(&fid).cloned() {
             w.refs.fetch_add(1, Ordering::AcqRel);
             return Ok(w);
@@ -589,7 +614,8 @@ impl Shared {
         let mut res = Ok(());
         if let Some(w) = writer {
             res = self.store(fid, &w).await;
-            let _gate = self.lease_gate.lock().await;
+            let gate = self.gate(fid);
+            let held = gate.lock().await;
             if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
                 let removed = lock(&self.writers).remove(&fid);
                 // Ours was the last handle: with this clone gone the map's
@@ -602,6 +628,8 @@ impl Shared {
                     }
                 }
             }
+            drop(held);
+            self.drop_gate(fid, gate);
         }
         let last = {
             let mut oc = lock(&self.open_count);
