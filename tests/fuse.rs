@@ -422,6 +422,14 @@ fn disk_cache_keeps_whole_files_within_its_limit() {
     assert!(held.iter().map(|(_, n)| n).sum::<u64>() <= 1 << 20);
     // Read again from the cache: same bytes.
     assert_eq!(std::fs::read(a.p("f2")).unwrap(), file(2));
+    // A file open for reading sees what another handle of the same mount
+    // wrote and closed after it was opened (as on a local file system).
+    let mut r = std::fs::File::open(a.p("f1")).unwrap();
+    std::fs::write(a.p("f1"), vec![7u8; 2000]).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got, vec![7u8; 2000]);
+    drop(r);
     // B changes f2: A's copy is for an older inode version and is not
     // served (close-to-open), the new one replaces it.
     std::fs::write(b.p("f2"), vec![9u8; 1000]).unwrap();

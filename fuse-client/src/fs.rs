@@ -85,9 +85,9 @@ enum Handle {
     File {
         fid: Fid,
         writer: Option<Arc<Writer>>,
-        /// The whole file from the disk cache, and its size, when opened
-        /// for reading.
-        cached: Option<(Arc<std::fs::File>, u64)>,
+        /// The whole file from the disk cache, its size and the inode
+        /// version it is a copy of, when opened for reading.
+        cached: Option<(Arc<std::fs::File>, u64, u64)>,
     },
     Image {
         fid: Fid,
@@ -259,7 +259,7 @@ impl Shared {
         fid: Fid,
         version: u64,
         size: u64,
-    ) -> Result<Option<(Arc<std::fs::File>, u64)>, Errno> {
+    ) -> Result<Option<(Arc<std::fs::File>, u64, u64)>, Errno> {
         let Some(disk) = &self.disk else {
             return Ok(None);
         };
@@ -267,7 +267,7 @@ impl Shared {
             return Ok(None);
         }
         if let Some(f) = disk.get(fid, version) {
-            return Ok(Some((f, size)));
+            return Ok(Some((f, size, version)));
         }
         let obj = self.client.object(fid);
         let mut data = Vec::with_capacity(size as usize);
@@ -278,7 +278,7 @@ impl Shared {
             data.extend_from_slice(&piece);
         }
         match disk.put(fid, version, &data) {
-            Ok(f) => Ok(Some((f, size))),
+            Ok(f) => Ok(Some((f, size, version))),
             Err(e) => {
                 tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
                 Ok(None)
@@ -1147,9 +1147,15 @@ impl fuser::Filesystem for StrettoFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        // The cached copy serves reads unless this mount now writes the
-        // file (then the bricks have newer data).
-        if let Some((f, end)) = cached.filter(|_| !lock(&s.writers).contains_key(&fid)) {
+        // The cached copy serves reads while the inode is still at its
+        // version: not when this mount writes the file now, has written it
+        // since (its store raised the version), or a callback said another
+        // client changed it (then the bricks have newer data).
+        let current = |v: u64| {
+            !lock(&s.writers).contains_key(&fid)
+                && lock(&s.attrs).get(&fid).map(|(cv, _)| *cv) == Some(v)
+        };
+        if let Some((f, end, _)) = cached.filter(|(_, _, v)| current(*v)) {
             use std::os::unix::fs::FileExt;
             if offset >= end {
                 return reply.data(&[]);
