@@ -488,6 +488,7 @@ fn fio(dir: &Path, name: &str, engine: &str, direct: bool) {
             "--iodepth=8",
             "--verify=crc32c",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--do_verify=1",
             "--randrepeat=1",
             "--output-format=terse",
