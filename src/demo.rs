@@ -300,8 +300,11 @@ async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
         addrs[0]
     );
     if args.once {
-        drop(mounted);
-        println!("\nunmounted {}", mnt.display());
+        if mounted.unmount() {
+            println!("\nunmounted {}", mnt.display());
+        } else {
+            println!("\ncould not unmount {} (see the line above)", mnt.display());
+        }
         nbd.stop();
         for b in &mut bricks {
             b.stop();
@@ -323,9 +326,16 @@ async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
 /// Unmounts the demo's mount when dropped (also on an error path).
 struct MountGuard(PathBuf);
 
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let ok = std::env::current_exe()
+impl MountGuard {
+    /// Unmounts now; whether it worked. The guard does nothing more.
+    fn unmount(self) -> bool {
+        let ok = self.try_unmount();
+        std::mem::forget(self);
+        ok
+    }
+
+    fn try_unmount(&self) -> bool {
+        std::env::current_exe()
             .ok()
             .and_then(|exe| {
                 Command::new(exe)
@@ -335,7 +345,13 @@ impl Drop for MountGuard {
                     .status()
                     .ok()
             })
-            .is_some_and(|s| s.success());
+            .is_some_and(|s| s.success())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let ok = self.try_unmount();
         if !ok {
             let _ = Command::new("fusermount3")
                 .args(["-u", "-z"])

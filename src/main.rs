@@ -42,7 +42,8 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Unmount a mounted volume.
     Umount(mount_cmd::UmountArgs),
-    /// Start a brick on loopback in a temporary directory, write and read an object through it, and show how to reach it.
+    /// Start three bricks on loopback in a temporary directory, a replica-3 volume, an NBD export of an image
+    /// and a FUSE mount of the volume, and show how to reach them (Ctrl-C stops everything).
     Demo(demo::DemoArgs),
 }
 

@@ -276,12 +276,22 @@ fn start_background(args: &MountArgs, mountpoint: &Path) -> Result<()> {
 }
 
 fn fusermount_u(p: &Path) -> Result<()> {
-    let out = Command::new("fusermount3")
+    let out = match Command::new("fusermount3")
         .arg("-u")
         .arg(p)
         .output()
         .or_else(|_| Command::new("fusermount").arg("-u").arg(p).output())
-        .context("cannot run fusermount3 (Debian package fuse3)")?;
+    {
+        Ok(out) => out,
+        // Without fuse3's helper, root can unmount with the system call
+        // (the mount itself was made the same way).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_root() => {
+            return umount_syscall(p);
+        }
+        Err(e) => {
+            return Err(e).context("cannot run fusermount3 (Debian package fuse3)");
+        }
+    };
     if !out.status.success() {
         let e = String::from_utf8_lossy(&out.stderr);
         bail!(
@@ -300,5 +310,22 @@ pub fn umount(args: UmountArgs) -> Result<()> {
     }
     fusermount_u(&p)?;
     println!("unmounted {}", p.display());
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `umount2(2)` of `p`, for root on a machine without fusermount3.
+fn umount_syscall(p: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).context("mount point path")?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!("cannot unmount {}: {e}", p.display());
+    }
     Ok(())
 }
