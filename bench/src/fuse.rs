@@ -1,0 +1,306 @@
+//! File system through FUSE: a Stretto FUSE mount (`stretto mount`) of a
+//! replica-3 volume next to a GlusterFS replica 3 FUSE mount, bricks on the
+//! same file system. Data: the fio matrix on one file in each mount
+//! (libaio `--direct=1`). Metadata: create, stat and unlink N small files,
+//! `ls -lR` over them, and untar a tree of N small files.
+//!
+//! When the `stretto` binary has no `mount` subcommand the section prints
+//! "n/a (stretto mount not built)".
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::fio::Target;
+use crate::gluster::Glusterd;
+use crate::matrix::{self, Bench, RatioCol, Timing};
+use crate::procs::{self, path_str, Bricks, Proc};
+use crate::stats::{record_ratio, table_header, table_row};
+
+const MIB: u64 = 1 << 20;
+
+/// Does `stretto` have a `mount` subcommand?
+fn stretto_has_mount() -> bool {
+    let Ok(bin) = procs::stretto_bin() else {
+        return false;
+    };
+    Command::new(bin)
+        .args(["mount", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let d = path_str(dir).unwrap_or("");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(d))
+}
+
+/// Runs the FUSE comparison in `dir`.
+pub fn run(dir: &Path, quick: bool) -> Result<()> {
+    let (size, reps, ramp, secs, files) = if quick {
+        (256 * MIB, 1, 1, 2, 2_000)
+    } else {
+        (1024 * MIB, 3, 2, 10, 10_000)
+    };
+    println!(
+        "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {ramp} s ramp + {secs} s per cell, median of {reps}; metadata on {files} files)\n",
+        size / MIB
+    );
+    if !stretto_has_mount() {
+        println!("n/a (stretto mount not built)");
+        return Ok(());
+    }
+    let root = dir.join("fuse-bench");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let r = run_in(
+        &root,
+        Timing {
+            size,
+            reps,
+            ramp,
+            secs,
+        },
+        files,
+    );
+    let _ = std::fs::remove_dir_all(&root);
+    if let Err(e) = r {
+        println!("n/a ({e:#})");
+    }
+    Ok(())
+}
+
+/// A Stretto FUSE mount: the `stretto mount` process (if it stays in the
+/// foreground) and its mount point; unmounted and stopped on drop.
+struct StrettoMount {
+    dir: PathBuf,
+    proc: Proc,
+}
+
+impl StrettoMount {
+    fn start(bricks: &Bricks, pool: &[usize], vol: &str, dir: &Path, log: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = procs::server_command(procs::stretto_bin()?);
+        cmd.args(["mount", vol])
+            .arg(dir)
+            .args(["--pool", &bricks.pool_arg(pool)])
+            .arg("--secret-file")
+            .arg(&bricks.secret)
+            .env("STRETTO_LOG", "warn");
+        let mut proc = Proc::spawn_logged("stretto mount", cmd, log)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mounted(dir) {
+            if let Some(st) = proc.exited() {
+                if !st.success() {
+                    bail!("stretto mount exited ({st}): {}", proc.log_tail());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "stretto mount did not mount within 30 s: {}",
+                    proc.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(StrettoMount {
+            dir: dir.to_path_buf(),
+            proc,
+        })
+    }
+}
+
+impl Drop for StrettoMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.dir)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+        self.proc.stop();
+    }
+}
+
+/// A tarball of `files` small files in 50 directories, made in `root`.
+fn make_tarball(root: &Path, files: usize) -> Result<PathBuf> {
+    let src = root.join("tree");
+    let mut body = [0u8; 2048];
+    for (i, b) in body.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    for i in 0..files {
+        let d = src.join(format!("d{:02}", i % 50));
+        if i < 50 {
+            std::fs::create_dir_all(&d)?;
+        }
+        File::create(d.join(format!("f{i}")))?.write_all(&body[..512 + i % 1536])?;
+    }
+    let tar = root.join("tree.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(root)
+        .arg("tree")
+        .status()
+        .context("cannot run tar")?;
+    if !st.success() {
+        bail!("tar -c failed");
+    }
+    std::fs::remove_dir_all(&src)?;
+    Ok(tar)
+}
+
+/// Seconds for each metadata phase in directory `base` (inside a mount).
+fn metadata(base: &Path, files: usize, tar: &Path) -> Result<[f64; 5]> {
+    let dir = base.join("meta");
+    std::fs::create_dir_all(&dir)?;
+    let names: Vec<PathBuf> = (0..files).map(|i| dir.join(format!("f{i}"))).collect();
+    let body = [7u8; 1024];
+    let t = Instant::now();
+    for n in &names {
+        File::create(n)?.write_all(&body)?;
+    }
+    let create = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for n in &names {
+        std::fs::metadata(n)?;
+    }
+    let stat = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let st = Command::new("ls")
+        .arg("-lR")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run ls")?;
+    if !st.success() {
+        bail!("ls -lR failed");
+    }
+    let ls = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for n in &names {
+        std::fs::remove_file(n)?;
+    }
+    let unlink = t.elapsed().as_secs_f64();
+    let untar_dir = base.join("untar");
+    std::fs::create_dir_all(&untar_dir)?;
+    let t = Instant::now();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(tar)
+        .arg("-C")
+        .arg(&untar_dir)
+        .status()
+        .context("cannot run tar")?;
+    if !st.success() {
+        bail!("tar -x failed");
+    }
+    let untar = t.elapsed().as_secs_f64();
+    Ok([create, stat, ls, unlink, untar])
+}
+
+fn run_in(root: &Path, t: Timing, files: usize) -> Result<()> {
+    procs::need("fio", "fio")?;
+    let mut bricks = Bricks::start(&root.join("pool"), 3)?;
+    let all: [usize; 3] = [0, 1, 2];
+    let (a, b, c) = (
+        bricks.addrs[0].clone(),
+        bricks.addrs[1].clone(),
+        bricks.addrs[2].clone(),
+    );
+    bricks.volume(&all, &["create", "rep3", "replica", "3", &a, &b, &c])?;
+    bricks.volume(&all, &["start", "rep3"])?;
+    let s_mnt = root.join("mnt-stretto");
+    let smount = StrettoMount::start(&bricks, &all, "rep3", &s_mnt, &root.join("mount.log"))?;
+
+    let mut g = Glusterd::start(&root.join("glusterfs"))?;
+    g.volume("rep3", &["replica", "3"], 3)?;
+    let g_mnt = root.join("mnt-gluster");
+    let g_fuse = g.mount("rep3", &g_mnt)?;
+
+    println!(
+        "Stretto: `stretto mount` of a replica-3 volume on three `stretto brick serve` \
+         processes; GlusterFS replica 3: three `glusterfsd` bricks, `glusterfs` FUSE client, \
+         default options. fio libaio `--direct=1` on one file per mount. Server CPU: bricks + \
+         the FUSE daemon of each.{}",
+        if procs::pinned() {
+            " Servers pinned to CPU 1, fio to CPU 0."
+        } else {
+            ""
+        }
+    );
+    let mut s_pids = bricks.pids(&all);
+    s_pids.push(smount.proc.pid());
+    let targets = [
+        Bench {
+            name: "stretto replica-3 (FUSE)".into(),
+            target: Target::File(s_mnt.join("bench.img")),
+            pids: s_pids,
+        },
+        Bench {
+            name: "GlusterFS replica 3 (FUSE)".into(),
+            target: Target::File(g_mnt.join("bench.img")),
+            pids: [g.brick_pids("rep3"), vec![g_fuse]].concat(),
+        },
+    ];
+    let figures = matrix::run(&targets, t)?;
+    matrix::print(
+        "fuse",
+        &targets,
+        &figures,
+        &[RatioCol {
+            num: 0,
+            den: 1,
+            title: "stretto/GlusterFS",
+        }],
+    );
+
+    let tar = make_tarball(root, files)?;
+    let s = metadata(&s_mnt, files, &tar).context("metadata on the Stretto mount")?;
+    let gl = metadata(&g_mnt, files, &tar).context("metadata on the GlusterFS mount")?;
+    println!("\n### Metadata, {files} small files (seconds; ratio = GlusterFS time / Stretto time, > 1: Stretto faster)\n");
+    table_header(&[
+        "phase",
+        "stretto s",
+        "GlusterFS s",
+        "speed stretto/GlusterFS",
+    ]);
+    let phases = [
+        "create (1 KiB each)",
+        "stat",
+        "ls -lR",
+        "unlink",
+        "untar (50 dirs)",
+    ];
+    for (i, p) in phases.iter().enumerate() {
+        let r = gl[i] / s[i];
+        table_row(&[
+            p.to_string(),
+            format!("{:.2}", s[i]),
+            format!("{:.2}", gl[i]),
+            format!("{r:.2}×"),
+        ]);
+        record_ratio("fuse", &format!("meta {p}"), r);
+    }
+    drop(smount);
+    g.stop();
+    bricks.stop();
+    Ok(())
+}
