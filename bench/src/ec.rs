@@ -238,7 +238,7 @@ fn volumes(dir: &Path, quick: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let r = rt.block_on(async {
-        let (span, secs) = if quick { (64 * MIB, 2.0) } else { (256 * MIB, 8.0) };
+        let (span, secs) = if quick { (64 * MIB, 1.0) } else { (256 * MIB, 8.0) };
         let bricks = Bricks::start(&root.join("pool"), 6)?;
         let a = &bricks.addrs;
         let all: Vec<usize> = (0..6).collect();

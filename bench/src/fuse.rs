@@ -48,7 +48,7 @@ fn is_mounted(dir: &Path) -> bool {
 /// Runs the FUSE comparison in `dir`.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let (size, reps, ramp, secs, files) = if quick {
-        (256 * MIB, 1, 1, 2, 2_000)
+        (256 * MIB, 1, 0, 1, 2_000)
     } else {
         (1024 * MIB, 3, 2, 10, 10_000)
     };
@@ -253,11 +253,15 @@ fn run_in(root: &Path, t: Timing, files: usize) -> Result<()> {
             name: "stretto replica-3 (FUSE)".into(),
             target: Target::File(s_mnt.join("bench.img")),
             pids: s_pids,
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
             target: Target::File(g_mnt.join("bench.img")),
             pids: [g.brick_pids("rep3"), vec![g_fuse]].concat(),
+            only: None,
+            laid_out: false,
         },
     ];
     let figures = matrix::run(&targets, t)?;

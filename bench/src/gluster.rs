@@ -9,7 +9,13 @@
 //! processes (`glusterfsd`), self-heal daemon and FUSE clients are stopped
 //! by the PIDs in their pid files, mounts unmounted, and the files glusterd
 //! leaves in /var/run/gluster, /var/run/glusterd.socket and
-//! /var/log/glusterfs removed (only those that were not there before).
+//! /var/log/glusterfs removed (only those that were not there before), as
+//! well as the log fio's gfapi engine writes to /tmp/fio_gfapi.log.
+//!
+//! The gfapi targets use the file the FUSE targets laid out (the same file
+//! of the same volume). libgfapi's `glfs_fini` takes about 7 s, paid by
+//! every fio run through the gfapi engine; `--quick` therefore runs only
+//! two gfapi cells per volume (sequential write and random read at QD32).
 
 use std::collections::HashSet;
 use std::net::ToSocketAddrs;
@@ -24,10 +30,14 @@ use crate::matrix::{self, Bench, RatioCol, Timing};
 use crate::procs::{self, path_str, Bricks, Proc};
 
 const MIB: u64 = 1 << 20;
+/// The gfapi cells `--quick` runs.
+const GFAPI_QUICK: &[(&str, u32)] = &[("write", 32), ("randread", 32)];
 const RUN_DIR: &str = "/var/run/gluster";
 const LOG_DIR: &str = "/var/log/glusterfs";
 const SOCKET: &str = "/var/run/glusterd.socket";
 const GLUSTERD_PORT: u16 = 24007;
+/// fio's gfapi engine logs here (a fixed path in fio's source).
+const FIO_GFAPI_LOG: &str = "/tmp/fio_gfapi.log";
 
 /// Every path under `dir` (depth first), `dir` included if it exists.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -52,8 +62,10 @@ fn system_paths() -> Vec<PathBuf> {
     let mut v = Vec::new();
     walk(Path::new(RUN_DIR), &mut v);
     walk(Path::new(LOG_DIR), &mut v);
-    if std::fs::symlink_metadata(SOCKET).is_ok() {
-        v.push(PathBuf::from(SOCKET));
+    for f in [SOCKET, FIO_GFAPI_LOG] {
+        if std::fs::symlink_metadata(f).is_ok() {
+            v.push(PathBuf::from(f));
+        }
     }
     v
 }
@@ -375,7 +387,7 @@ impl Drop for Glusterd {
 /// GlusterFS cannot run here.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let (size, reps, ramp, secs) = if quick {
-        (256 * MIB, 1, 1, 2)
+        (256 * MIB, 1, 0, 1)
     } else {
         (1024 * MIB, 3, 2, 10)
     };
@@ -394,6 +406,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
             ramp,
             secs,
         },
+        quick,
     );
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = r {
@@ -402,7 +415,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     Ok(())
 }
 
-fn run_in(root: &Path, t: Timing) -> Result<()> {
+fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
     procs::need("fio", "fio")?;
     // Stretto: three brick processes hold both volumes.
     let mut bricks = Bricks::start(&root.join("pool"), 3)?;
@@ -452,37 +465,49 @@ fn run_in(root: &Path, t: Timing) -> Result<()> {
             name: "stretto replica-3 (NBD)".into(),
             target: Target::Nbd(format!("nbd://{rep_addr}/disk")),
             pids: [s_pids.clone(), vec![nbd_rep.pid()]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
             target: Target::File(mnt_rep.join("bench.img")),
             pids: [g_rep.clone(), vec![fuse_rep]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "GlusterFS replica 3 (gfapi)".into(),
             target: Target::Gfapi {
                 volume: "rep3".into(),
-                file: "gfapi.img".into(),
+                file: "bench.img".into(),
             },
             pids: g_rep,
+            only: quick.then_some(GFAPI_QUICK),
+            laid_out: true,
         },
         Bench {
             name: "stretto disperse 2+1 (NBD)".into(),
             target: Target::Nbd(format!("nbd://{ec_addr}/disk")),
             pids: [s_pids, vec![nbd_ec.pid()]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (FUSE)".into(),
             target: Target::File(mnt_ec.join("bench.img")),
             pids: [g_ec.clone(), vec![fuse_ec]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (gfapi)".into(),
             target: Target::Gfapi {
                 volume: "ec21".into(),
-                file: "gfapi.img".into(),
+                file: "bench.img".into(),
             },
             pids: g_ec,
+            only: quick.then_some(GFAPI_QUICK),
+            laid_out: true,
         },
     ];
     let figures = matrix::run(&targets, t)?;

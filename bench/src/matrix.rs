@@ -65,6 +65,11 @@ pub struct Bench {
     pub target: Target,
     /// Server-side processes (bricks, NBD server, FUSE daemon, peer server).
     pub pids: Vec<u32>,
+    /// Run only these cells, as (fio pattern, QD); the others print "–".
+    /// `None`: every cell.
+    pub only: Option<&'static [(&'static str, u32)]>,
+    /// Already laid out (shares its data with an earlier target).
+    pub laid_out: bool,
 }
 
 /// Run lengths.
@@ -83,7 +88,7 @@ pub type Figures = Vec<Vec<Vec<Vec<(f64, f64)>>>>;
 /// Lays every target out (one sequential 1 MiB QD32 pass over `size`),
 /// then runs the matrix.
 pub fn run(targets: &[Bench], t: Timing) -> Result<Figures> {
-    for b in targets {
+    for b in targets.iter().filter(|b| !b.laid_out) {
         let t0 = Instant::now();
         fio::run(&Job {
             target: &b.target,
@@ -106,6 +111,9 @@ pub fn run(targets: &[Bench], t: Timing) -> Result<Figures> {
         for (w, wl) in WORKLOADS.iter().enumerate() {
             for (q, &qd) in QDS.iter().enumerate() {
                 for (i, b) in targets.iter().enumerate() {
+                    if b.only.is_some_and(|o| !o.contains(&(wl.rw, qd))) {
+                        continue;
+                    }
                     let cpu0 = procs::cpu_seconds(&b.pids);
                     let start = Instant::now();
                     let r = fio::run(&Job {
@@ -155,6 +163,11 @@ pub fn print(section: &str, targets: &[Bench], figures: &Figures, ratios: &[Rati
             let mut cells = vec![qd.to_string()];
             let mut med = Vec::new();
             for reps in &figures[w][q] {
+                if reps.is_empty() {
+                    cells.push("–".into());
+                    med.push(f64::NAN);
+                    continue;
+                }
                 let m = median(reps.iter().map(|r| r.0).collect());
                 let c = median(reps.iter().map(|r| r.1).collect());
                 let lo = reps.iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
@@ -168,8 +181,12 @@ pub fn print(section: &str, targets: &[Bench], figures: &Figures, ratios: &[Rati
             }
             for r in ratios {
                 let v = med[r.num] / med[r.den];
-                cells.push(format!("{v:.2}×"));
-                record_ratio(section, &format!("{} QD{qd} {}", wl.short, r.title), v);
+                if v.is_finite() {
+                    cells.push(format!("{v:.2}×"));
+                    record_ratio(section, &format!("{} QD{qd} {}", wl.short, r.title), v);
+                } else {
+                    cells.push("–".into());
+                }
             }
             table_row(&cells);
         }

@@ -26,7 +26,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     procs::need("nbdkit", "nbdkit")?;
     procs::need("qemu-nbd", "qemu-utils")?;
     let (size, reps, ramp, secs) = if quick {
-        (512 * MIB, 1, 1, 3)
+        (256 * MIB, 1, 0, 1)
     } else {
         (2048 * MIB, 3, 2, 10)
     };
@@ -76,21 +76,29 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
             name: "stretto single".into(),
             target: Target::Nbd(format!("nbd://{single_addr}/disk")),
             pids: [bs, vec![nbd_single.pid()]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "stretto replica-3".into(),
             target: Target::Nbd(format!("nbd://{rep_addr}/disk")),
             pids: [br, vec![nbd_rep.pid()]].concat(),
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "nbdkit file".into(),
             target: Target::Nbd(format!("nbd://127.0.0.1:{kit_port}/")),
             pids: vec![nbdkit.pid()],
+            only: None,
+            laid_out: false,
         },
         Bench {
             name: "qemu-nbd".into(),
             target: Target::Nbd(format!("nbd://127.0.0.1:{qemu_port}/disk")),
             pids: vec![qemu.pid()],
+            only: None,
+            laid_out: false,
         },
     ];
 

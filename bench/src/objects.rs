@@ -64,7 +64,7 @@ async fn run_store(store: Arc<ObjectStore>, write: bool, qd: usize, secs: f64) -
 
 /// Runs the object-store benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let secs = if quick { 3 } else { 10 };
+    let secs = if quick { 1 } else { 10 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
