@@ -23,18 +23,17 @@ use crate::stats::{record_ratio, table_header, table_row};
 
 const MIB: u64 = 1 << 20;
 
-/// Does `stretto` have a `mount` subcommand?
-fn stretto_has_mount() -> bool {
-    let Ok(bin) = procs::stretto_bin() else {
-        return false;
-    };
-    Command::new(bin)
+/// `stretto mount --help`, if `stretto` has a `mount` subcommand.
+fn stretto_mount_help() -> Option<String> {
+    let bin = procs::stretto_bin().ok()?;
+    let out = Command::new(bin)
         .args(["mount", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn is_mounted(dir: &Path) -> bool {
@@ -56,10 +55,10 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
         "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {ramp} s ramp + {secs} s per cell, median of {reps}; metadata on {files} files)\n",
         size / MIB
     );
-    if !stretto_has_mount() {
+    let Some(help) = stretto_mount_help() else {
         println!("n/a (stretto mount not built)");
         return Ok(());
-    }
+    };
     let root = dir.join("fuse-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
@@ -72,6 +71,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
             secs,
         },
         files,
+        &help,
     );
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = r {
@@ -88,7 +88,18 @@ struct StrettoMount {
 }
 
 impl StrettoMount {
-    fn start(bricks: &Bricks, pool: &[usize], vol: &str, dir: &Path, log: &Path) -> Result<Self> {
+    /// `stretto mount VOL DIR --pool … --secret-file …`, with
+    /// `--foreground` (so the benchmark holds the PID of the FUSE daemon and
+    /// counts its CPU) and a cache directory in `root` when `help` lists
+    /// those options.
+    fn start(
+        bricks: &Bricks,
+        pool: &[usize],
+        vol: &str,
+        dir: &Path,
+        root: &Path,
+        help: &str,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = procs::server_command(procs::stretto_bin()?);
         cmd.args(["mount", vol])
@@ -97,7 +108,13 @@ impl StrettoMount {
             .arg("--secret-file")
             .arg(&bricks.secret)
             .env("STRETTO_LOG", "warn");
-        let mut proc = Proc::spawn_logged("stretto mount", cmd, log)?;
+        if help.contains("--foreground") {
+            cmd.arg("--foreground");
+        }
+        if help.contains("--cache-dir") {
+            cmd.arg("--cache-dir").arg(root.join("mount-cache"));
+        }
+        let mut proc = Proc::spawn_logged("stretto mount", cmd, &root.join("mount.log"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(dir) {
             if let Some(st) = proc.exited() {
@@ -216,7 +233,7 @@ fn metadata(base: &Path, files: usize, tar: &Path) -> Result<[f64; 5]> {
     Ok([create, stat, ls, unlink, untar])
 }
 
-fn run_in(root: &Path, t: Timing, files: usize) -> Result<()> {
+fn run_in(root: &Path, t: Timing, files: usize, help: &str) -> Result<()> {
     procs::need("fio", "fio")?;
     let mut bricks = Bricks::start(&root.join("pool"), 3)?;
     let all: [usize; 3] = [0, 1, 2];
@@ -228,7 +245,7 @@ fn run_in(root: &Path, t: Timing, files: usize) -> Result<()> {
     bricks.volume(&all, &["create", "rep3", "replica", "3", &a, &b, &c])?;
     bricks.volume(&all, &["start", "rep3"])?;
     let s_mnt = root.join("mnt-stretto");
-    let smount = StrettoMount::start(&bricks, &all, "rep3", &s_mnt, &root.join("mount.log"))?;
+    let smount = StrettoMount::start(&bricks, &all, "rep3", &s_mnt, root, help)?;
 
     let mut g = Glusterd::start(&root.join("glusterfs"))?;
     g.volume("rep3", &["replica", "3"], 3)?;

@@ -4,8 +4,9 @@
 //! repetition runs every workload on every target in turn) so drifting
 //! machine load spreads over all targets; the figure is the median of the
 //! repetitions. Beside each figure: the CPU used by the target's server
-//! processes during the cell (user + system seconds / wall seconds, from
-//! `/proc/PID/stat`), i.e. how many cores the servers kept busy.
+//! processes during the cell (user + system seconds from `/proc/PID/stat`,
+//! over the ramp + run seconds of the cell), i.e. how many cores the
+//! servers kept busy.
 
 use std::time::Instant;
 
@@ -128,7 +129,10 @@ pub fn run(targets: &[Bench], t: Timing) -> Result<Figures> {
                     .with_context(|| format!("{} QD{qd} on {}", wl.title, b.name))?;
                     let wall = start.elapsed().as_secs_f64();
                     eprintln!("  {} QD{qd} {}: {wall:.1} s", wl.short, b.name);
-                    let cores = (procs::cpu_seconds(&b.pids) - cpu0) / wall;
+                    // Over the loaded time (ramp + run), not fio's whole
+                    // life: libgfapi's start and stop take seconds of idle.
+                    let loaded = f64::from(t.ramp + t.secs).min(wall);
+                    let cores = (procs::cpu_seconds(&b.pids) - cpu0) / loaded;
                     let fig = if wl.bandwidth { r.mib_s } else { r.iops };
                     figures[w][q][i].push((fig, cores));
                 }
