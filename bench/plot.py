@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 
 def main():
@@ -52,7 +53,10 @@ def main():
         ax.set_yticklabels(labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{name}: Stretto / peer (log scale, > 1 = Stretto ahead)", fontsize=9)
-        ax.tick_params(axis="x", labelsize=7)
+        ax.tick_params(axis="x", which="both", labelsize=7)
+        fmt = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(fmt)
+        ax.xaxis.set_minor_formatter(fmt)
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=6)
     fig.tight_layout()
