@@ -49,7 +49,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let (size, reps, ramp, secs, files) = if quick {
         (256 * MIB, 1, 0, 1, 2_000)
     } else {
-        (1024 * MIB, 3, 2, 10, 10_000)
+        (1024 * MIB, 1, 1, 5, 10_000)
     };
     println!(
         "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {ramp} s ramp + {secs} s per cell, median of {reps}; metadata on {files} files)\n",
