@@ -46,10 +46,12 @@ fn is_mounted(dir: &Path) -> bool {
 
 /// Runs the FUSE comparison in `dir`.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let (size, reps, ramp, secs, files) = if quick {
-        (256 * MIB, 1, 0, 1, 2_000)
+    // Each metadata phase stops after `budget` seconds (a slow mount must
+    // not hold the whole run): the rate is over what was done.
+    let (size, reps, ramp, secs, files, budget) = if quick {
+        (256 * MIB, 1, 0, 1, 2_000, 10)
     } else {
-        (1024 * MIB, 1, 1, 5, 10_000)
+        (1024 * MIB, 1, 1, 5, 10_000, 60)
     };
     println!(
         "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {ramp} s ramp + {secs} s per cell, median of {reps}; metadata on {files} files)\n",
@@ -71,6 +73,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
             secs,
         },
         files,
+        Duration::from_secs(budget),
         &help,
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -184,56 +187,125 @@ fn make_tarball(root: &Path, files: usize) -> Result<PathBuf> {
     Ok(tar)
 }
 
-/// Seconds for each metadata phase in directory `base` (inside a mount).
-fn metadata(base: &Path, files: usize, tar: &Path) -> Result<[f64; 5]> {
+/// One metadata phase: files handled, seconds, and whether it stopped at
+/// the time budget before the end.
+#[derive(Debug, Clone, Copy)]
+struct Phase {
+    done: usize,
+    secs: f64,
+    cut: bool,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.secs.max(1e-9)
+    }
+
+    fn cell(&self, files: usize) -> String {
+        if self.cut {
+            format!(
+                "{:.0} ({} of {files} in {:.0} s)",
+                self.rate(),
+                self.done,
+                self.secs
+            )
+        } else {
+            format!("{:.0}", self.rate())
+        }
+    }
+}
+
+/// `f` on each of `items` until done or `budget` has passed.
+fn budgeted<T>(
+    items: &[T],
+    budget: Duration,
+    mut f: impl FnMut(&T) -> Result<()>,
+) -> Result<Phase> {
+    let t = Instant::now();
+    let mut done = 0;
+    for it in items {
+        if t.elapsed() > budget {
+            break;
+        }
+        f(it)?;
+        done += 1;
+    }
+    Ok(Phase {
+        done,
+        secs: t.elapsed().as_secs_f64(),
+        cut: done < items.len(),
+    })
+}
+
+/// A command (run under `timeout`) over `files` files: a phase cut at the
+/// budget if the command timed out.
+fn command_phase(mut cmd: Command, files: usize) -> Result<Phase> {
+    let t = Instant::now();
+    let st = cmd
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    // timeout(1) exits 124 when the budget ran out.
+    if st.code() == Some(124) {
+        return Ok(Phase {
+            done: 0,
+            secs,
+            cut: true,
+        });
+    }
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(Phase {
+        done: files,
+        secs,
+        cut: false,
+    })
+}
+
+fn timeout_cmd(budget: Duration, prog: &str) -> Command {
+    let mut c = Command::new("timeout");
+    c.args([
+        "--kill-after=10",
+        &format!("{}", budget.as_secs().max(1)),
+        prog,
+    ]);
+    c
+}
+
+/// The metadata phases in directory `base` (inside a mount), each stopped
+/// at `budget`: create (1 KiB each), stat, `ls -lR`, unlink, untar.
+fn metadata(base: &Path, files: usize, tar: &Path, budget: Duration) -> Result<[Phase; 5]> {
     let dir = base.join("meta");
     std::fs::create_dir_all(&dir)?;
     let names: Vec<PathBuf> = (0..files).map(|i| dir.join(format!("f{i}"))).collect();
     let body = [7u8; 1024];
-    let t = Instant::now();
-    for n in &names {
+    let create = budgeted(&names, budget, |n| {
         File::create(n)?.write_all(&body)?;
-    }
-    let create = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for n in &names {
+        Ok(())
+    })?;
+    let made = &names[..create.done];
+    let stat = budgeted(made, budget, |n| {
         std::fs::metadata(n)?;
-    }
-    let stat = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let st = Command::new("ls")
-        .arg("-lR")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .status()
-        .context("cannot run ls")?;
-    if !st.success() {
-        bail!("ls -lR failed");
-    }
-    let ls = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for n in &names {
+        Ok(())
+    })?;
+    let mut ls = timeout_cmd(budget, "ls");
+    ls.arg("-lR").arg(&dir);
+    let ls = command_phase(ls, made.len())?;
+    let unlink = budgeted(made, budget, |n| {
         std::fs::remove_file(n)?;
-    }
-    let unlink = t.elapsed().as_secs_f64();
+        Ok(())
+    })?;
     let untar_dir = base.join("untar");
     std::fs::create_dir_all(&untar_dir)?;
-    let t = Instant::now();
-    let st = Command::new("tar")
-        .arg("-xf")
-        .arg(tar)
-        .arg("-C")
-        .arg(&untar_dir)
-        .status()
-        .context("cannot run tar")?;
-    if !st.success() {
-        bail!("tar -x failed");
-    }
-    let untar = t.elapsed().as_secs_f64();
+    let mut untar = timeout_cmd(budget, "tar");
+    untar.arg("-xf").arg(tar).arg("-C").arg(&untar_dir);
+    let untar = command_phase(untar, files)?;
     Ok([create, stat, ls, unlink, untar])
 }
 
-fn run_in(root: &Path, t: Timing, files: usize, help: &str) -> Result<()> {
+fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) -> Result<()> {
     procs::need("fio", "fio")?;
     let mut bricks = Bricks::start(&root.join("pool"), 3)?;
     let all: [usize; 3] = [0, 1, 2];
@@ -294,14 +366,18 @@ fn run_in(root: &Path, t: Timing, files: usize, help: &str) -> Result<()> {
     );
 
     let tar = make_tarball(root, files)?;
-    let s = metadata(&s_mnt, files, &tar).context("metadata on the Stretto mount")?;
-    let gl = metadata(&g_mnt, files, &tar).context("metadata on the GlusterFS mount")?;
-    println!("\n### Metadata, {files} small files (seconds; ratio = GlusterFS time / Stretto time, > 1: Stretto faster)\n");
+    let s = metadata(&s_mnt, files, &tar, budget).context("metadata on the Stretto mount")?;
+    let gl = metadata(&g_mnt, files, &tar, budget).context("metadata on the GlusterFS mount")?;
+    println!(
+        "\n### Metadata, {files} small files (files per second; each phase stops after {} s; \
+         ratio = Stretto rate / GlusterFS rate, > 1: Stretto faster)\n",
+        budget.as_secs()
+    );
     table_header(&[
         "phase",
-        "stretto s",
-        "GlusterFS s",
-        "speed stretto/GlusterFS",
+        "stretto files/s",
+        "GlusterFS files/s",
+        "stretto/GlusterFS",
     ]);
     let phases = [
         "create (1 KiB each)",
@@ -311,14 +387,14 @@ fn run_in(root: &Path, t: Timing, files: usize, help: &str) -> Result<()> {
         "untar (50 dirs)",
     ];
     for (i, p) in phases.iter().enumerate() {
-        let r = gl[i] / s[i];
-        table_row(&[
-            p.to_string(),
-            format!("{:.2}", s[i]),
-            format!("{:.2}", gl[i]),
-            format!("{r:.2}×"),
-        ]);
-        record_ratio("fuse", &format!("meta {p}"), r);
+        let r = s[i].rate() / gl[i].rate();
+        let ratio = if r.is_finite() && s[i].done > 0 && gl[i].done > 0 {
+            record_ratio("fuse", &format!("meta {p}"), r);
+            format!("{r:.2}×")
+        } else {
+            "–".to_string()
+        };
+        table_row(&[p.to_string(), s[i].cell(files), gl[i].cell(files), ratio]);
     }
     drop(smount);
     g.stop();
