@@ -301,7 +301,13 @@ fn metadata(base: &Path, files: usize, tar: &Path, budget: Duration) -> Result<[
     std::fs::create_dir_all(&untar_dir)?;
     let mut untar = timeout_cmd(budget, "tar");
     untar.arg("-xf").arg(tar).arg("-C").arg(&untar_dir);
-    let untar = command_phase(untar, files)?;
+    let mut untar = command_phase(untar, files)?;
+    if untar.cut {
+        // Count what tar extracted before the budget ran out.
+        let mut v = Vec::new();
+        crate::gluster::walk(&untar_dir, &mut v);
+        untar.done = v.iter().filter(|p| p.is_file()).count();
+    }
     Ok([create, stat, ls, unlink, untar])
 }
 

@@ -40,7 +40,7 @@ const GLUSTERD_PORT: u16 = 24007;
 const FIO_GFAPI_LOG: &str = "/tmp/fio_gfapi.log";
 
 /// Every path under `dir` (depth first), `dir` included if it exists.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
     if std::fs::symlink_metadata(dir).is_err() {
         return;
     }
