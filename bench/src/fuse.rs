@@ -49,7 +49,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     // Each metadata phase stops after `budget` seconds (a slow mount must
     // not hold the whole run): the rate is over what was done.
     let (size, reps, ramp, secs, files, budget) = if quick {
-        (256 * MIB, 1, 0, 1, 2_000, 10)
+        (256 * MIB, 1, 0, 1, 2_000, 5)
     } else {
         (1024 * MIB, 1, 1, 5, 10_000, 60)
     };
