@@ -313,6 +313,8 @@ fn metadata(base: &Path, files: usize, tar: &Path, budget: Duration) -> Result<[
 
 fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) -> Result<()> {
     procs::need("fio", "fio")?;
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("  [fuse] {what} at {:.1} s", t0.elapsed().as_secs_f64());
     let mut bricks = Bricks::start(&root.join("pool"), 3)?;
     let all: [usize; 3] = [0, 1, 2];
     let (a, b, c) = (
@@ -324,11 +326,13 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
     bricks.volume(&all, &["start", "rep3"])?;
     let s_mnt = root.join("mnt-stretto");
     let smount = StrettoMount::start(&bricks, &all, "rep3", &s_mnt, root, help)?;
+    step("stretto mounted");
 
     let mut g = Glusterd::start(&root.join("glusterfs"))?;
     g.volume("rep3", &["replica", "3"], 3)?;
     let g_mnt = root.join("mnt-gluster");
     let g_fuse = g.mount("rep3", &g_mnt)?;
+    step("GlusterFS mounted");
 
     println!(
         "Stretto: `stretto mount` of a replica-3 volume on three `stretto brick serve` \
@@ -372,8 +376,11 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
     );
 
     let tar = make_tarball(root, files)?;
+    step("fio matrix and tarball done");
     let s = metadata(&s_mnt, files, &tar, budget).context("metadata on the Stretto mount")?;
+    step("stretto metadata done");
     let gl = metadata(&g_mnt, files, &tar, budget).context("metadata on the GlusterFS mount")?;
+    step("GlusterFS metadata done");
     println!(
         "\n### Metadata, {files} small files (files per second; each phase stops after {} s; \
          ratio = Stretto rate / GlusterFS rate, > 1: Stretto faster)\n",
@@ -403,7 +410,9 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
         table_row(&[p.to_string(), s[i].cell(files), gl[i].cell(files), ratio]);
     }
     drop(smount);
+    step("stretto unmounted");
     g.stop();
+    step("GlusterFS stopped");
     bricks.stop();
     Ok(())
 }
