@@ -2,29 +2,36 @@
 # Builds the release binaries (stretto and stretto-bench), runs every
 # benchmark and writes the markdown report to bench/results/latest.md.
 #
-#   bench/run.sh            # full mode (tens of minutes)
-#   bench/run.sh --quick    # 1 repetition, 3 s per cell, small images
+#   bench/run.sh            # full mode (under 30 minutes)
+#   bench/run.sh --quick    # 1 repetition, 2-3 s per cell, small images (under 5 minutes)
+#   bench/run.sh --pin      # servers on CPU 1 (taskset), fio on CPU 0
 #
-# Needs: fio, nbdkit, qemu-utils (qemu-nbd). The cluster benchmarks start
-# real `stretto brick serve` / `stretto nbd serve` processes from
-# target/release/stretto and stop them by PID when done.
+# Needs: fio, nbdkit, qemu-utils (qemu-nbd), glusterfs-server and
+# glusterfs-client (GlusterFS peer; fio's gfapi engine is built into Debian's
+# fio), python3-matplotlib (the plot); scripts/test.sh installs them all.
+# The cluster benchmarks start real `stretto brick serve` / `stretto nbd
+# serve` / glusterd processes and stop them by PID when done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=()
+opts=()
 for a in "$@"; do
     case "$a" in
-        --quick) quick=(--quick) ;;
-        *) echo "usage: bench/run.sh [--quick]" >&2; exit 2 ;;
+        --quick) opts+=(--quick) ;;
+        --pin) opts+=(--pin) ;;
+        *) echo "usage: bench/run.sh [--quick] [--pin]" >&2; exit 2 ;;
     esac
 done
 
 for tool in fio nbdkit qemu-nbd; do
     command -v "$tool" >/dev/null || {
-        echo "$tool is not installed (apt-get install -y fio nbdkit qemu-utils)" >&2
+        echo "$tool is not installed (apt-get install -y fio nbdkit qemu-utils; scripts/test.sh does)" >&2
         exit 1
     }
 done
+# GlusterFS is optional: without it the GlusterFS rows say n/a.
+command -v glusterd >/dev/null ||
+    echo "note: glusterd not installed (apt-get install -y glusterfs-server glusterfs-client): GlusterFS rows will be n/a" >&2
 
 cargo build --release -j 2 -p stretto --bin stretto
 cargo build --release -j 2 -p stretto-bench --bin stretto-bench
@@ -32,6 +39,12 @@ cargo build --release -j 2 -p stretto-bench --bin stretto-bench
 mkdir -p bench/results
 out=bench/results/latest.md
 tmp="$out.partial"
-target/release/stretto-bench all "${quick[@]}" | tee "$tmp"
+target/release/stretto-bench all "${opts[@]}" --ratios bench/results/ratios.csv | tee "$tmp"
 mv "$tmp" "$out"
 echo "wrote $out" >&2
+if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+    /usr/bin/python3 bench/plot.py bench/results/ratios.csv bench/results/ratios.png &&
+        echo "wrote bench/results/ratios.png" >&2
+else
+    echo "note: no plot (apt-get install -y python3-matplotlib)" >&2
+fi

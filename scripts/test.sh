@@ -21,6 +21,8 @@ APT_PACKAGES=(
     procps      # pkill/pgrep-free process checks (ps)
     libisal2    # ISA-L erasure coding, loaded at run time (volume::ec)
     libisal-dev # (the same; tests compare it with the portable codec)
+    glusterfs-server glusterfs-client   # GlusterFS peer in bench/ (fio's gfapi engine is in fio)
+    python3-matplotlib  # bench/plot.py: the ratio plot of bench/run.sh
     # The RDMA backend (feature `rdma`, sideway) and the hardware lane
     # (hw-tests/lane.sh: a qemu guest with soft-RoCE and the kernel NBD client).
     cmake clang libibverbs-dev librdmacm-dev   # building sideway / rdma-mummy-sys

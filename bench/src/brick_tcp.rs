@@ -164,7 +164,7 @@ async fn in_process(b: Arc<brick::Brick>, kind: Kind, qd: usize, secs: f64) -> R
 
 /// Runs the brick-over-TCP benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let secs = if quick { 2.0 } else { 8.0 };
+    let secs = if quick { 1.0 } else { 8.0 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -23,7 +23,7 @@ use volume::ec::{isal, Backend, Codec};
 use volume::{manage, Client, Fid, Object};
 
 use crate::procs::Bricks;
-use crate::stats::{table_header, table_row};
+use crate::stats::{record_ratio, table_header, table_row};
 
 /// Runs `f` until `budget` has passed; returns calls per second.
 fn rate(budget: Duration, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -238,7 +238,7 @@ fn volumes(dir: &Path, quick: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let r = rt.block_on(async {
-        let (span, secs) = if quick { (64 * MIB, 2.0) } else { (256 * MIB, 8.0) };
+        let (span, secs) = if quick { (64 * MIB, 1.0) } else { (256 * MIB, 8.0) };
         let bricks = Bricks::start(&root.join("pool"), 6)?;
         let a = &bricks.addrs;
         let all: Vec<usize> = (0..6).collect();
@@ -322,6 +322,20 @@ fn codec(quick: bool) -> Result<()> {
                     ratio(Some(r.portable), r.direct),
                     ratio(r.ours_isal, r.direct),
                 ]);
+                if let (Some(a), Some(b)) = (r.ours_isal, r.direct) {
+                    if b > 0.0 {
+                        record_ratio(
+                            "ec codec",
+                            &format!(
+                                "{} {} {} KiB Stretto ISA-L/direct",
+                                r.op,
+                                r.geometry,
+                                r.size >> 10
+                            ),
+                            a / b,
+                        );
+                    }
+                }
             }
         }
     }

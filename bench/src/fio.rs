@@ -1,6 +1,6 @@
 //! Runs `fio` as the peer and reads its JSON output.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -40,6 +40,7 @@ pub fn io_uring(
             "--randrepeat=0",
             "--output-format=json",
         ])
+        .args(pin_args())
         .output()
         .context("cannot run fio (install it: apt-get install fio)")?;
     if !out.status.success() {
@@ -94,12 +95,93 @@ pub struct NbdResult {
     pub lat_us: f64,
 }
 
+/// How fio reaches the data of one job.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `--ioengine=nbd --uri=URI`.
+    Nbd(String),
+    /// A file in a mounted file system: `--ioengine=libaio --direct=1`.
+    File(PathBuf),
+    /// GlusterFS through libgfapi: `--ioengine=gfapi_async --direct=1
+    /// --volume=VOL --brick=127.0.0.1`, on file `NAME` of the volume.
+    Gfapi { volume: String, file: String },
+}
+
+impl Target {
+    /// A short description for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Nbd(uri) => uri.to_string(),
+            Target::File(p) => p.display().to_string(),
+            Target::Gfapi { volume, file } => format!("gfapi {volume}/{file}"),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        match self {
+            Target::Nbd(uri) => vec!["--ioengine=nbd".into(), format!("--uri={uri}")],
+            Target::File(p) => vec![
+                "--ioengine=libaio".into(),
+                "--direct=1".into(),
+                format!("--filename={}", p.display()),
+            ],
+            Target::Gfapi { volume, file } => vec![
+                "--ioengine=gfapi_async".into(),
+                "--direct=1".into(),
+                format!("--volume={volume}"),
+                "--brick=127.0.0.1".into(),
+                format!("--filename={file}"),
+            ],
+        }
+    }
+}
+
+/// Pins fio to CPU 0 (`--cpus_allowed=0`) when the servers are pinned
+/// apart from it (see `procs::set_pinned`).
+fn pin_args() -> Vec<String> {
+    if crate::procs::pinned() {
+        vec!["--cpus_allowed=0".into()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// `fio --ioengine=nbd` for `job`.
 pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
-    let mut args = vec![
-        "--name=nbd".to_string(),
-        "--ioengine=nbd".to_string(),
-        format!("--uri={}", job.uri),
+    run(&Job {
+        target: &Target::Nbd(job.uri.to_string()),
+        size: job.size,
+        rw: job.rw,
+        bs: job.bs,
+        qd: job.qd,
+        ramp: job.ramp,
+        secs: job.secs,
+    })
+}
+
+/// One fio run against any target.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    pub target: &'a Target,
+    /// Bytes of the export or file to address.
+    pub size: u64,
+    /// fio pattern: `write`, `read`, `randwrite`, `randread`.
+    pub rw: &'a str,
+    /// Block size in bytes.
+    pub bs: u32,
+    /// Queue depth.
+    pub qd: u32,
+    /// Ramp seconds (not measured).
+    pub ramp: u32,
+    /// Measured seconds; 0: one pass over `size` (used to lay data out).
+    pub secs: u32,
+}
+
+/// Runs fio for `job`: ops/s, MiB/s and mean completion latency.
+pub fn run(job: &Job<'_>) -> Result<NbdResult> {
+    let mut args = vec!["--name=bench".to_string()];
+    args.extend(job.target.args());
+    args.extend([
         format!("--size={}", job.size),
         format!("--rw={}", job.rw),
         format!("--bs={}", job.bs),
@@ -107,7 +189,8 @@ pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
         "--randrepeat=0".to_string(),
         "--norandommap".to_string(),
         "--output-format=json".to_string(),
-    ];
+    ]);
+    args.extend(pin_args());
     if job.secs > 0 {
         args.push(format!("--runtime={}", job.secs));
         args.push("--time_based".to_string());
@@ -115,6 +198,7 @@ pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
             args.push(format!("--ramp_time={}", job.ramp));
         }
     }
+    let what = job.target.describe();
     let out = Command::new("fio")
         .args(&args)
         .output()
@@ -122,7 +206,7 @@ pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
     if !out.status.success() {
         bail!(
             "fio {} failed ({}): {} {}",
-            job.uri,
+            what,
             out.status,
             String::from_utf8_lossy(&out.stderr).trim(),
             String::from_utf8_lossy(&out.stdout).trim()
@@ -140,7 +224,7 @@ pub fn nbd(job: &NbdJob<'_>) -> Result<NbdResult> {
         .with_context(|| format!("fio printed bad JSON: {}", text.trim()))?;
     let job_v = &v["jobs"][0];
     if job_v["error"].as_i64().unwrap_or(0) != 0 {
-        bail!("fio {} reported error {}", job.uri, job_v["error"]);
+        bail!("fio {} reported error {}", what, job_v["error"]);
     }
     let mut r = NbdResult {
         iops: 0.0,

@@ -8,6 +8,9 @@
 pub mod brick_tcp;
 pub mod ec;
 pub mod fio;
+pub mod fuse;
+pub mod gluster;
+pub mod matrix;
 pub mod nbd;
 pub mod objects;
 pub mod procs;

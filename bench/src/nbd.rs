@@ -8,57 +8,17 @@
 //! image create`, `stretto nbd serve` ×2, `nbdkit file FILE cache=none`,
 //! `qemu-nbd --cache=none --aio=io_uring -e 8 -f raw FILE`. Each target is
 //! laid out by one sequential pass first, so reads hit written data on all
-//! of them. Cells are interleaved (each repetition runs every workload on
-//! every target in turn) so drifting machine load spreads over all targets;
-//! the figure is the median of the repetitions.
+//! of them. The matrix and its tables are `matrix`'s.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::fio::{self, NbdJob};
+use crate::fio::Target;
+use crate::matrix::{self, Bench, RatioCol, Timing};
 use crate::procs::{self, Bricks};
-use crate::stats::{median, table_header, table_row};
 
 const MIB: u64 = 1 << 20;
-
-/// One fio workload of the matrix.
-struct Workload {
-    title: &'static str,
-    rw: &'static str,
-    bs: u32,
-    /// Report MiB/s (true) or IOPS.
-    bandwidth: bool,
-}
-
-const WORKLOADS: [Workload; 4] = [
-    Workload {
-        title: "sequential write 1 MiB",
-        rw: "write",
-        bs: 1 << 20,
-        bandwidth: true,
-    },
-    Workload {
-        title: "sequential read 1 MiB",
-        rw: "read",
-        bs: 1 << 20,
-        bandwidth: true,
-    },
-    Workload {
-        title: "random write 4 KiB",
-        rw: "randwrite",
-        bs: 4096,
-        bandwidth: false,
-    },
-    Workload {
-        title: "random read 4 KiB",
-        rw: "randread",
-        bs: 4096,
-        bandwidth: false,
-    },
-];
-
-const QDS: [u32; 2] = [1, 32];
 
 /// Runs the NBD benchmark in `dir` and prints a table per workload.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
@@ -66,7 +26,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     procs::need("nbdkit", "nbdkit")?;
     procs::need("qemu-nbd", "qemu-utils")?;
     let (size, reps, ramp, secs) = if quick {
-        (512 * MIB, 1, 1, 3)
+        (256 * MIB, 1, 0, 1)
     } else {
         (2048 * MIB, 3, 2, 10)
     };
@@ -110,11 +70,36 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
     let qemu_port = procs::free_port()?;
     let mut qemu = procs::qemu_nbd(&qemu_file, qemu_port, "disk", &root.join("qemu-nbd.log"))?;
 
+    let (br, bs) = (bricks.pids(&rep), bricks.pids(&single));
     let targets = [
-        ("stretto single", format!("nbd://{single_addr}/disk")),
-        ("stretto replica-3", format!("nbd://{rep_addr}/disk")),
-        ("nbdkit file", format!("nbd://127.0.0.1:{kit_port}/")),
-        ("qemu-nbd", format!("nbd://127.0.0.1:{qemu_port}/disk")),
+        Bench {
+            name: "stretto single".into(),
+            target: Target::Nbd(format!("nbd://{single_addr}/disk")),
+            pids: [bs, vec![nbd_single.pid()]].concat(),
+            only: None,
+            laid_out: false,
+        },
+        Bench {
+            name: "stretto replica-3".into(),
+            target: Target::Nbd(format!("nbd://{rep_addr}/disk")),
+            pids: [br, vec![nbd_rep.pid()]].concat(),
+            only: None,
+            laid_out: false,
+        },
+        Bench {
+            name: "nbdkit file".into(),
+            target: Target::Nbd(format!("nbd://127.0.0.1:{kit_port}/")),
+            pids: vec![nbdkit.pid()],
+            only: None,
+            laid_out: false,
+        },
+        Bench {
+            name: "qemu-nbd".into(),
+            target: Target::Nbd(format!("nbd://127.0.0.1:{qemu_port}/disk")),
+            pids: vec![qemu.pid()],
+            only: None,
+            laid_out: false,
+        },
     ];
 
     println!(
@@ -126,76 +111,36 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
          `distribute` volume of one brick); nbdkit `file cache=none` (page cache kept out by \
          posix_fadvise, not O_DIRECT); qemu-nbd `--cache=none --aio=io_uring -e 8` (O_DIRECT). \
          All files on the same file system; every target laid out by one sequential pass first. \
-         One fio job, one NBD connection per cell."
+         One fio job, one NBD connection per cell. Server CPU: bricks + `nbd serve` for Stretto, \
+         the server process for the peers.{}",
+        if procs::pinned() {
+            " Servers pinned to CPU 1, fio to CPU 0."
+        } else {
+            ""
+        }
     );
 
-    for (name, uri) in &targets {
-        fio::nbd(&NbdJob {
-            uri,
+    let figures = matrix::run(
+        &targets,
+        Timing {
             size,
-            rw: "write",
-            bs: 1 << 20,
-            qd: 32,
-            ramp: 0,
-            secs: 0,
-        })
-        .with_context(|| format!("laying out {name}"))?;
-    }
-
-    // figures[workload][qd][target] = repetitions.
-    let mut figures = vec![vec![vec![Vec::new(); targets.len()]; QDS.len()]; WORKLOADS.len()];
-    for _ in 0..reps {
-        for (w, wl) in WORKLOADS.iter().enumerate() {
-            for (q, &qd) in QDS.iter().enumerate() {
-                for (t, (name, uri)) in targets.iter().enumerate() {
-                    let r = fio::nbd(&NbdJob {
-                        uri,
-                        size,
-                        rw: wl.rw,
-                        bs: wl.bs,
-                        qd,
-                        ramp,
-                        secs,
-                    })
-                    .with_context(|| format!("{} QD{qd} on {name}", wl.title))?;
-                    figures[w][q][t].push(if wl.bandwidth { r.mib_s } else { r.iops });
-                }
-            }
-        }
-    }
-
-    for (w, wl) in WORKLOADS.iter().enumerate() {
-        println!(
-            "\n### {} ({})\n",
-            wl.title,
-            if wl.bandwidth { "MiB/s" } else { "IOPS" }
-        );
-        table_header(&[
-            "QD",
-            "stretto single",
-            "stretto replica-3",
-            "nbdkit",
-            "qemu-nbd",
-            "single/nbdkit",
-            "single/qemu-nbd",
-            "replica-3/nbdkit",
-            "replica-3/qemu-nbd",
-        ]);
-        for (q, qd) in QDS.iter().enumerate() {
-            let m: Vec<f64> = figures[w][q].iter().map(|v| median(v.clone())).collect();
-            table_row(&[
-                qd.to_string(),
-                format!("{:.0}", m[0]),
-                format!("{:.0}", m[1]),
-                format!("{:.0}", m[2]),
-                format!("{:.0}", m[3]),
-                format!("{:.2}×", m[0] / m[2]),
-                format!("{:.2}×", m[0] / m[3]),
-                format!("{:.2}×", m[1] / m[2]),
-                format!("{:.2}×", m[1] / m[3]),
-            ]);
-        }
-    }
+            reps,
+            ramp,
+            secs,
+        },
+    )?;
+    let col = |num, den, title| RatioCol { num, den, title };
+    matrix::print(
+        "nbd",
+        &targets,
+        &figures,
+        &[
+            col(0, 2, "single/nbdkit"),
+            col(0, 3, "single/qemu-nbd"),
+            col(1, 2, "replica-3/nbdkit"),
+            col(1, 3, "replica-3/qemu-nbd"),
+        ],
+    );
 
     // Stop the NBD servers first (they flush and release their leases
     // through the bricks), then the peers, then the bricks.

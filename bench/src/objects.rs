@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use storage::objects::{ChunkId, Fid, MemoryMeta, ObjectStore, StoreOptions};
 
 use crate::fio;
-use crate::stats::{table_header, table_row};
+use crate::stats::{record_ratio, table_header, table_row};
 
 const SPAN: u64 = 256 << 20;
 
@@ -64,7 +64,7 @@ async fn run_store(store: Arc<ObjectStore>, write: bool, qd: usize, secs: f64) -
 
 /// Runs the object-store benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let secs = if quick { 3 } else { 10 };
+    let secs = if quick { 1 } else { 10 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -102,6 +102,11 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
                 format!("{:.0}", peer.iops),
                 format!("{:.2}×", ours / peer.iops),
             ]);
+            record_ratio(
+                "objects",
+                &format!("{name} 4k QD{qd} stretto/fio"),
+                ours / peer.iops,
+            );
         }
     }
     let _ = std::fs::remove_file(&peer_file);

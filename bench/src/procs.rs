@@ -4,11 +4,13 @@
 //! stopped by its own PID when its handle drops (SIGTERM, then SIGKILL if it
 //! does not exit within a few seconds), never by name.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -41,6 +43,58 @@ pub fn need(tool: &str, package: &str) -> Result<()> {
     Ok(())
 }
 
+static PINNED: AtomicBool = AtomicBool::new(false);
+
+/// Pins servers started from now on to CPU 1 (`taskset -c 1`) and fio to
+/// CPU 0 (`--cpus_allowed=0`). Ignored on a machine with fewer than 2 CPUs.
+pub fn set_pinned(on: bool) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    PINNED.store(on && cpus >= 2, Ordering::Relaxed);
+}
+
+/// Are servers pinned apart from fio?
+pub fn pinned() -> bool {
+    PINNED.load(Ordering::Relaxed)
+}
+
+/// A command that starts a server: `PROGRAM`, or `taskset -c 1 PROGRAM`
+/// when pinned (taskset execs PROGRAM: the PID stays the server's).
+pub fn server_command(program: impl AsRef<OsStr>) -> Command {
+    if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// User + system CPU seconds used so far by the processes `pids` (all their
+/// threads; from `/proc/PID/stat`). A process that is gone counts 0.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let mut ticks = 0u64;
+    for pid in pids {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces) in
+        // parentheses: state is field 3, utime 14, stime 15.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        for i in [11, 12] {
+            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ticks as f64 / hz
+}
+
 /// A free loopback port (bound then released: a tiny race with other
 /// programs, acceptable for a benchmark).
 pub fn free_port() -> Result<u16> {
@@ -57,6 +111,30 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Spawns `cmd` with stdout and stderr into `log`.
+    pub fn spawn_logged(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
+        let out = File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Has the process exited (it is reaped then)? Its status if so.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Spawns `cmd` with stdout piped (for a ready line) and stderr into
     /// `log`.
     fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
@@ -79,7 +157,8 @@ impl Proc {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
-    fn log_tail(&self) -> String {
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
@@ -118,7 +197,7 @@ impl Proc {
     }
 
     /// Waits until something accepts TCP connections on `port`.
-    fn wait_port(&mut self, port: u16) -> Result<()> {
+    pub fn wait_port(&mut self, port: u16) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -230,7 +309,7 @@ impl Bricks {
     }
 
     fn serve(&self, i: usize, listen: &str) -> Result<(Proc, SocketAddr)> {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = server_command(&self.bin);
         cmd.args(["brick", "serve"])
             .arg(&self.dirs[i])
             .args(["--listen", listen])
@@ -311,7 +390,7 @@ impl Bricks {
 
     /// `stretto nbd serve --volume VOL` on a fresh loopback port.
     pub fn nbd_serve(&self, pool: &[usize], vol: &str) -> Result<(Proc, SocketAddr)> {
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = server_command(&self.bin);
         cmd.args(["nbd", "serve", "--volume", vol, "--listen", "127.0.0.1:0"])
             .args(["--pool", &self.pool_arg(pool)])
             .arg("--secret-file")
@@ -324,6 +403,11 @@ impl Bricks {
         )?;
         let addr = p.ready_line()?;
         Ok((p, addr))
+    }
+
+    /// The PIDs of the brick processes `which`.
+    pub fn pids(&self, which: &[usize]) -> Vec<u32> {
+        which.iter().map(|&i| self.procs[i].pid()).collect()
     }
 
     /// Stops every brick (SIGTERM by PID).
@@ -343,7 +427,7 @@ impl Drop for Bricks {
 /// `nbdkit --foreground file FILE cache=none` on loopback `port`.
 pub fn nbdkit_file(file: &Path, port: u16, log: &Path) -> Result<Proc> {
     need("nbdkit", "nbdkit")?;
-    let mut cmd = Command::new("nbdkit");
+    let mut cmd = server_command("nbdkit");
     cmd.args(["--foreground", "--ipaddr", "127.0.0.1", "--port"])
         .arg(port.to_string())
         .arg("file")
@@ -358,7 +442,7 @@ pub fn nbdkit_file(file: &Path, port: u16, log: &Path) -> Result<Proc> {
 /// loopback `port`, export name `export`.
 pub fn qemu_nbd(file: &Path, port: u16, export: &str, log: &Path) -> Result<Proc> {
     need("qemu-nbd", "qemu-utils")?;
-    let mut cmd = Command::new("qemu-nbd");
+    let mut cmd = server_command("qemu-nbd");
     cmd.args([
         "--cache=none",
         "--aio=io_uring",

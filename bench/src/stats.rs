@@ -59,3 +59,31 @@ pub fn table_header(cols: &[&str]) {
 pub fn table_row(cells: &[String]) {
     println!("| {} |", cells.join(" | "));
 }
+
+/// One Stretto/peer ratio for the plot (`--ratios FILE`).
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    /// The benchmark section, e.g. `nbd` or `glusterfs`.
+    pub section: String,
+    /// What is compared, e.g. `seq write 1 MiB QD32 single/qemu-nbd`.
+    pub label: String,
+    pub value: f64,
+}
+
+static RATIOS: std::sync::Mutex<Vec<Ratio>> = std::sync::Mutex::new(Vec::new());
+
+/// Records a ratio printed in a table, for the plot.
+pub fn record_ratio(section: &str, label: &str, value: f64) {
+    if let Ok(mut v) = RATIOS.lock() {
+        v.push(Ratio {
+            section: section.to_string(),
+            label: label.to_string(),
+            value,
+        });
+    }
+}
+
+/// Every ratio recorded so far.
+pub fn ratios() -> Vec<Ratio> {
+    RATIOS.lock().map(|v| v.clone()).unwrap_or_default()
+}

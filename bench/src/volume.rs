@@ -200,7 +200,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
 
 async fn run_in(root: &Path, quick: bool) -> Result<()> {
     let (span, reps, secs, heal_sizes): (u64, usize, f64, &[u64]) = if quick {
-        (256 * MIB, 1, 3.0, &[8, 32])
+        (256 * MIB, 1, 1.0, &[8, 32])
     } else {
         (1024 * MIB, 3, 10.0, &[8, 32, 128])
     };
