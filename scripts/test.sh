@@ -41,6 +41,12 @@ install_deps() {
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
+    # pjdfstest (POSIX conformance of the FUSE mount, tests/fuse_conformance.rs),
+    # into ~/.cargo/bin where the test looks for it.
+    if ! command -v pjdfstest >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/pjdfstest" ]; then
+        log "installing pjdfstest"
+        cargo install pjdfstest --locked
+    fi
     for comp in rustfmt clippy; do
         if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
             log "installing rust component $comp"
