@@ -219,7 +219,7 @@ impl Model {
                 self.names[slot] = None;
                 Ok(self.unref(id))
             }
-            Op::Fsync { slot } | Op::Reopen { slot } => {
+            Op::Fsync { slot } | Op::Reopen { slot } | Op::Seek { slot, .. } => {
                 self.names[slot].ok_or(libc::ENOENT)?;
                 Ok(Effect::None)
             }

@@ -44,6 +44,9 @@ pub enum Op {
     Fsync { slot: usize },
     /// Close the file's descriptor, open it again by this name, read it whole.
     Reopen { slot: usize },
+    /// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` from `off`: what they call a
+    /// hole must read as zeros, and both stay within the file.
+    Seek { slot: usize, off: u64 },
 }
 
 /// The relative path of slot `s`: even slots at the top, odd ones in `sub/`,
@@ -72,13 +75,14 @@ impl Op {
             Op::Unlink { .. } => "unlink",
             Op::Fsync { .. } => "fsync",
             Op::Reopen { .. } => "reopen",
+            Op::Seek { .. } => "seek",
         }
     }
 
     /// Every kind, in the order counts are printed.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 13] = [
         "create", "write", "read", "truncate", "punch", "zero", "allocate", "rename", "link",
-        "unlink", "fsync", "reopen",
+        "unlink", "fsync", "reopen", "seek",
     ];
 }
 
@@ -131,6 +135,7 @@ impl fmt::Display for Op {
             Op::Unlink { slot } => write!(f, "unlink {}", p(slot)),
             Op::Fsync { slot } => write!(f, "fsync {}", p(slot)),
             Op::Reopen { slot } => write!(f, "close+reopen {}", p(slot)),
+            Op::Seek { slot, off } => write!(f, "seek-data/hole {} from {off:#x}", p(slot)),
         }
     }
 }
@@ -191,7 +196,15 @@ pub fn generate(rng: &mut Rng, model: &Model, features: Features, limits: Limits
                     fill: rng.next(),
                 }
             }
-            22..=43 => {
+            41..=43 => Op::Seek {
+                slot: file,
+                off: if rng.below(8) == 0 {
+                    size + rng.below(4096)
+                } else {
+                    rng.below(size.max(1))
+                },
+            },
+            22..=40 => {
                 // Reads may run past the end of the file.
                 let off = offset(rng, size, limits.max_size);
                 Op::Read {

@@ -127,6 +127,8 @@ enum Real {
     Done,
     Opened(File),
     Data(Vec<u8>),
+    /// A check made while running the operation failed.
+    Wrong(String),
 }
 
 /// The tester on one directory.
@@ -323,6 +325,14 @@ impl Runner {
                 self.fd(slot)?.sync_all()?;
                 Ok(Real::Done)
             }
+            Op::Seek { slot, off } => {
+                let zeros = self.model.file(slot).map(|i| i.data.clone());
+                let f = self.fd(slot)?;
+                Ok(match check_seek(f, off, &zeros.unwrap_or_default())? {
+                    Some(what) => Real::Wrong(what),
+                    None => Real::Done,
+                })
+            }
             Op::Reopen { slot } => {
                 if let Some(id) = self.model.name(slot) {
                     self.fds.remove(&id);
@@ -378,6 +388,7 @@ impl Runner {
                     }
                 }
                 (Real::Done, Effect::None) => {}
+                (Real::Wrong(what), _) => return fail(self, what, None),
                 (_, effect) => {
                     return fail(self, format!("internal: {effect:?} after {op}"), None);
                 }
@@ -533,7 +544,8 @@ fn op_slots(op: &Op) -> Vec<usize> {
         | Op::Allocate { slot, .. }
         | Op::Unlink { slot }
         | Op::Fsync { slot }
-        | Op::Reopen { slot } => vec![slot],
+        | Op::Reopen { slot }
+        | Op::Seek { slot, .. } => vec![slot],
     }
 }
 
@@ -568,6 +580,71 @@ fn compare(got: &[u8], want: &[u8], base: u64) -> Option<(String, u64)> {
         )),
         None => None,
     }
+}
+
+/// `lseek(fd, off, whence)`: `Ok(None)` for ENXIO.
+fn lseek(f: &File, off: u64, whence: i32) -> io::Result<Option<u64>> {
+    let off = i64::try_from(off).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: lseek(2) on a descriptor `f` keeps open for the call; it takes
+    // no pointers.
+    let rc = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if rc >= 0 {
+        Ok(Some(rc as u64))
+    } else {
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    }
+}
+
+/// Checks `SEEK_DATA` and `SEEK_HOLE` from `off` against the file's bytes
+/// `data`: past the end both give ENXIO; otherwise the next data is at or
+/// after `off` with only zeros before it, the next hole lies within the
+/// file, and the hole found reads as zeros up to the data after it. (A file
+/// system may call every byte data: that passes.) `Some(what)` if wrong.
+fn check_seek(f: &File, off: u64, data: &[u8]) -> io::Result<Option<String>> {
+    let size = data.len() as u64;
+    let next_data = lseek(f, off, libc::SEEK_DATA)?;
+    let next_hole = lseek(f, off, libc::SEEK_HOLE)?;
+    if off >= size {
+        if next_data.is_some() || next_hole.is_some() {
+            return Ok(Some(format!(
+                "SEEK_DATA {next_data:?} SEEK_HOLE {next_hole:?} from {off} at or past \
+                 the end ({size}): expected ENXIO for both"
+            )));
+        }
+        return Ok(None);
+    }
+    let zero = |a: u64, b: u64| data[a as usize..b as usize].iter().all(|&x| x == 0);
+    let d = next_data.unwrap_or(size);
+    if d < off || d > size || (next_data.is_some() && d == size) || !zero(off, d) {
+        return Ok(Some(format!(
+            "SEEK_DATA from {off} gave {next_data:?} (size {size}): the bytes before \
+             it are not all zero, or it is out of range"
+        )));
+    }
+    let Some(h) = next_hole else {
+        return Ok(Some(format!(
+            "SEEK_HOLE from {off} gave ENXIO inside the file (size {size})"
+        )));
+    };
+    if h < off || h > size {
+        return Ok(Some(format!(
+            "SEEK_HOLE from {off} gave {h}, outside {off}..={size}"
+        )));
+    }
+    if h < size {
+        let after = lseek(f, h, libc::SEEK_DATA)?.unwrap_or(size);
+        if after <= h || after > size || !zero(h, after) {
+            return Ok(Some(format!(
+                "the hole SEEK_HOLE found at {h} (from {off}) runs to {after} \
+                 but does not read as zeros there (size {size})"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// `pread` until `buf` is full or the end of the file.

@@ -4,7 +4,8 @@
 //! and the binary's pause protocol stops at the exact op asked for.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use fsx::{Config, Features, Runner};
@@ -58,7 +59,7 @@ fn twenty_thousand_ops_per_seed_pass_on_local_file_systems() {
 }
 
 #[test]
-fn a_byte_changed_behind_its_back_is_caught_with_its_offset() {
+fn bytes_changed_behind_its_back_are_caught_with_their_offset() {
     let root = tempfile::tempdir().unwrap();
     let cfg = Config {
         seed: 7,
@@ -66,39 +67,48 @@ fn a_byte_changed_behind_its_back_is_caught_with_its_offset() {
         ..Config::default()
     };
     let mut runner = Runner::new(root.path(), cfg).unwrap();
-    let mut corrupted: Option<(PathBuf, u64)> = None;
+    let mut checked = false;
     let err = runner
         .run(|i, r| {
             if i != 2_000 {
                 return;
             }
-            // Flip one byte in the middle of the largest file, by its name.
-            let model = r.model();
+            // One byte flipped in the middle of the largest file: the full
+            // check names that offset.
+            let model = r.model().clone();
             let slot = model
                 .occupied()
                 .into_iter()
                 .max_by_key(|&s| model.file(s).unwrap().data.len())
                 .unwrap();
-            let data = &model.file(slot).unwrap().data;
+            let data = model.file(slot).unwrap().data.clone();
             assert!(data.len() > 2, "the largest file has some bytes");
-            let off = data.len() as u64 / 2;
-            let byte = data[off as usize] ^ 0x5a;
+            let off = data.len() / 2;
             let path = r.path(slot);
             let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-            std::os::unix::fs::FileExt::write_all_at(&f, &[byte], off).unwrap();
-            corrupted = Some((path, off));
+            f.write_all_at(&[data[off] ^ 0x5a], off as u64).unwrap();
+            let err = r.verify_all(i).expect_err("a flipped byte");
+            assert_eq!(err.first_diff, Some(off as u64), "{err}");
+            assert!(err.to_string().contains("seed 7"), "{err}");
+            // Then every byte of every file flipped: the run must stop at
+            // the next op that reads any of them.
+            for s in model.occupied() {
+                let path = r.path(s);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes.iter_mut().for_each(|b| *b ^= 0xff);
+                let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all_at(&bytes, 0).unwrap();
+            }
+            checked = true;
         })
-        .expect_err("the changed byte must be noticed");
-    let (_, off) = corrupted.unwrap();
+        .expect_err("the changed bytes must be noticed");
+    assert!(checked);
     let text = err.to_string();
     assert!(err.index >= 2_000, "{text}");
-    assert!(text.contains("seed 7"), "{text}");
-    assert!(text.contains("last "), "{text}");
-    assert!(!err.history.is_empty());
-    // Caught as a data difference at that offset (unless an op overwrote or
-    // cut it first; then a later full-file check would have passed, and
-    // this test would not get here).
-    assert_eq!(err.first_diff, Some(off), "{text}");
+    assert!(err.first_diff.is_some(), "{text}");
+    assert!(text.contains("data differ"), "{text}");
+    assert!(text.contains("last 20 ops"), "{text}");
+    assert_eq!(err.history.last().map(|h| h.0), Some(err.index));
 }
 
 fn fsx_bin() -> Command {
