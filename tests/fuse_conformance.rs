@@ -18,6 +18,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{run, stretto, BrickProcess, Pool};
@@ -26,9 +27,10 @@ use fsx::{Config, Runner};
 /// Operations per seed.
 const OPS: u64 = 20_000;
 
-/// How long a mount may take to appear or a tool to finish before the test
-/// gives up (a hang guard only: nothing is timed).
-const PATIENCE: Duration = Duration::from_secs(20 * 60);
+/// How long a mount may take to appear, a mount may live, or a tool may run
+/// before the test gives up: a hang guard only (nothing is timed), so a
+/// hung mount fails the test instead of stalling CI.
+const PATIENCE: Duration = Duration::from_secs(30 * 60);
 
 fn ok(out: std::process::Output) -> String {
     assert!(
@@ -59,6 +61,9 @@ struct Mount {
     child: Option<Child>,
     point: PathBuf,
     _cache: tempfile::TempDir,
+    /// Set (under its lock) once the mount process is to be reaped, so the
+    /// hang guard never signals a reused pid.
+    done: Arc<Mutex<bool>>,
 }
 
 impl Mount {
@@ -97,17 +102,49 @@ impl Mount {
             assert!(start.elapsed() < PATIENCE, "no mount on {point:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The hang guard: a mount still up after PATIENCE is killed, which
+        // aborts the FUSE connection, so blocked calls fail with ENOTCONN.
+        let done = Arc::new(Mutex::new(false));
+        let (guard, pid, shown) = (done.clone(), child.id(), point.display().to_string());
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let done = guard.lock().unwrap_or_else(|e| e.into_inner());
+                if *done {
+                    return;
+                }
+                if start.elapsed() > PATIENCE {
+                    eprintln!(
+                        "mount on {shown} still up after {PATIENCE:?}: killing stretto mount {pid}"
+                    );
+                    // SAFETY: kill(2) on our child's pid; `done` is false
+                    // under the lock, so it has not been reaped.
+                    unsafe {
+                        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+                    }
+                    return;
+                }
+            }
+        });
         Mount {
             child: Some(child),
             point: point.to_path_buf(),
             _cache: cache,
+            done,
         }
+    }
+
+    /// Tells the hang guard to stand down (before the child is reaped).
+    fn stand_down(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
     /// `stretto umount`; the mount process must then end cleanly.
     fn unmount(mut self) {
         ok(run(&["umount", self.point.to_str().unwrap()]));
         assert!(!fuse_mounted_on(&self.point), "still mounted after umount");
+        self.stand_down();
         let mut child = self.child.take().unwrap();
         let status = wait_for(&mut child);
         assert!(status.success(), "stretto mount exited with {status}");
@@ -122,6 +159,7 @@ impl Drop for Mount {
                 .arg(&self.point)
                 .status();
         }
+        self.stand_down();
         if let Some(mut child) = self.child.take() {
             // SAFETY: kill(2) on our own child's pid.
             unsafe {
