@@ -309,45 +309,17 @@ struct PjdResult {
     failures: Vec<String>,
 }
 
-/// Runs pjdfstest in `dir` (pjdfstest needs root: it switches to the dummy
-/// users) and parses its summary line.
-fn run_pjdfstest(conf: &Path, dir: &Path, label: &str) -> PjdResult {
-    let out_path = conf.with_extension(format!("{label}.out"));
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut child = Command::new(pjdfstest())
-        .arg("-c")
-        .arg(conf)
-        .arg("-p")
-        .arg(dir)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .env("RUST_BACKTRACE", "0")
-        .env("RUST_LIB_BACKTRACE", "0")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("run pjdfstest");
-    let status = wait_for(&mut child);
-    let text = std::fs::read_to_string(&out_path).unwrap();
-    let summary = text
-        .lines()
-        .find(|l| l.contains("Summary:"))
-        .unwrap_or_else(|| panic!("pjdfstest ({status}) printed no summary:\n{text}"));
-    let count = |word: &str| -> u64 {
-        let words: Vec<&str> = summary
-            .split(|c: char| c == ',' || c == ':' || c.is_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
-        let at = words
-            .iter()
-            .position(|w| w.contains(word))
-            .unwrap_or_else(|| panic!("no {word} count in {summary:?}"));
-        words[at - 1]
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect::<String>()
-            .parse()
-            .unwrap_or_else(|_| panic!("bad {word} count in {summary:?}"))
+/// Reads pjdfstest's output: the counts of its `Summary:` line and, for
+/// each test marked `FAILED`, its name and the indented reason below it.
+fn parse_pjdfstest(text: &str) -> Option<PjdResult> {
+    let summary = text.lines().find(|l| l.contains("Summary:"))?;
+    let words: Vec<&str> = summary
+        .split(|c: char| c == ',' || c == ':' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let count = |word: &str| -> Option<u64> {
+        let at = words.iter().position(|w| *w == word)?;
+        words.get(at.checked_sub(1)?)?.parse().ok()
     };
     let mut failures = Vec::new();
     let mut lines = text.lines().peekable();
@@ -368,12 +340,60 @@ fn run_pjdfstest(conf: &Path, dir: &Path, label: &str) -> PjdResult {
             ));
         }
     }
-    let r = PjdResult {
-        passed: count("passed"),
-        failed: count("failed"),
-        skipped: count("skipped"),
+    Some(PjdResult {
+        passed: count("passed")?,
+        failed: count("failed")?,
+        skipped: count("skipped")?,
         failures,
-    };
+    })
+}
+
+#[test]
+fn pjdfstest_output_is_read_right() {
+    let text = "chmod::foo                                ok\n\
+unlink::open_file_not_freed                                               FAILED\n\
+\tcalled `Result::unwrap()` on an `Err` value: ENOENT\n\
+Backtrace:\n   0: pjdfstest::main\n\
+utimensat::utime_omit                                                     FAILED\n\
+\tassertion `left == right` failed\n\
+rename::exdev_target                                                     skipped\n\
+\tNo secondary file-system has been configured.\n\
+\n\
+Summary: 2 failed, 23 skipped, 373 passed, 0 expected failures, 398 totalError: Some tests have failed\n";
+    let r = parse_pjdfstest(text).unwrap();
+    assert_eq!((r.passed, r.failed, r.skipped), (373, 2, 23));
+    assert_eq!(
+        r.failures,
+        vec![
+            "unlink::open_file_not_freed called `Result::unwrap()` on an `Err` value: ENOENT",
+            "utimensat::utime_omit assertion `left == right` failed",
+        ]
+    );
+    assert!(parse_pjdfstest("no summary here").is_none());
+}
+
+/// Runs pjdfstest in `dir` (pjdfstest needs root: it switches to the dummy
+/// users) and parses its summary line.
+fn run_pjdfstest(conf: &Path, dir: &Path, label: &str) -> PjdResult {
+    let out_path = conf.with_extension(format!("{label}.out"));
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut child = Command::new(pjdfstest())
+        .arg("-c")
+        .arg(conf)
+        .arg("-p")
+        .arg(dir)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("run pjdfstest");
+    let status = wait_for(&mut child);
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let r = parse_pjdfstest(&text)
+        .unwrap_or_else(|| panic!("pjdfstest ({status}) printed no summary:\n{text}"));
     println!(
         "pjdfstest on {label}: {} passed, {} failed, {} skipped",
         r.passed, r.failed, r.skipped
