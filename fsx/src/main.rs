@@ -56,6 +56,9 @@ struct Args {
     /// Do not make hard links.
     #[arg(long)]
     no_links: bool,
+    /// Do not read or write through mmap.
+    #[arg(long)]
+    no_mmap: bool,
     /// How many of the last operations a mismatch lists.
     #[arg(long, default_value_t = 20)]
     history: usize,
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
             zero_range: !args.no_zero_range,
             allocate: !args.no_allocate,
             links: !args.no_links,
+            mmap: !args.no_mmap,
         },
         history: args.history,
     };

@@ -135,6 +135,12 @@ impl Model {
                 off,
                 len,
                 fill,
+            }
+            | Op::MapWrite {
+                slot,
+                off,
+                len,
+                fill,
             } => {
                 let data = self.data_mut(slot)?;
                 let (off, end) = (off as usize, (off + len) as usize);
@@ -144,7 +150,18 @@ impl Model {
                 crate::fill_bytes(fill, &mut data[off..end]);
                 Ok(Effect::None)
             }
-            Op::Read { slot, off, len } => {
+            Op::Append { slot, len, fill } => {
+                let data = self.data_mut(slot)?;
+                let start = data.len();
+                data.resize(start + len as usize, 0);
+                crate::fill_bytes(fill, &mut data[start..]);
+                Ok(Effect::None)
+            }
+            Op::OpenTrunc { slot } => {
+                self.data_mut(slot)?.clear();
+                Ok(Effect::None)
+            }
+            Op::Read { slot, off, len } | Op::MapRead { slot, off, len } => {
                 let data = self.data_mut(slot)?;
                 let size = data.len() as u64;
                 let start = off.min(size) as usize;
@@ -380,6 +397,34 @@ mod tests {
         assert_eq!(m.apply(&Op::Rename { from: 1, to: 0 }), Ok(Effect::None));
         assert_eq!(m.file(2).unwrap().nlink, 1);
         assert_eq!(m.inode_count(), 2);
+    }
+
+    #[test]
+    fn append_writes_at_the_end_and_open_trunc_empties() {
+        let mut m = Model::new(1);
+        m.apply(&Op::Create { slot: 0 }).unwrap();
+        let w = write(&mut m, 0, 10, 5);
+        m.apply(&Op::Append {
+            slot: 0,
+            len: 8,
+            fill: 3,
+        })
+        .unwrap();
+        let mut tail = vec![0; 8];
+        crate::fill_bytes(3, &mut tail);
+        assert_eq!(read(&mut m, 0, 10, 5), w);
+        assert_eq!(read(&mut m, 0, 15, 100), tail);
+        // A mapped read is a read.
+        let mapped = m
+            .apply(&Op::MapRead {
+                slot: 0,
+                off: 15,
+                len: 100,
+            })
+            .unwrap();
+        assert_eq!(mapped, Effect::Read(tail));
+        m.apply(&Op::OpenTrunc { slot: 0 }).unwrap();
+        assert!(m.file(0).unwrap().data.is_empty());
     }
 
     #[test]

@@ -47,6 +47,20 @@ pub enum Op {
     /// `lseek(SEEK_DATA)` and `lseek(SEEK_HOLE)` from `off`: what they call a
     /// hole must read as zeros, and both stay within the file.
     Seek { slot: usize, off: u64 },
+    /// Open by name with `O_APPEND`, write `len` bytes from `fill`, close.
+    Append { slot: usize, len: u64, fill: u64 },
+    /// Open by name with `O_TRUNC`, close.
+    OpenTrunc { slot: usize },
+    /// Read through a shared read-only `mmap` (within the file's size).
+    MapRead { slot: usize, off: u64, len: u64 },
+    /// Write through a shared `mmap` (the file first grown with `ftruncate`
+    /// if the range ends past its end), then `msync(MS_SYNC)`.
+    MapWrite {
+        slot: usize,
+        off: u64,
+        len: u64,
+        fill: u64,
+    },
 }
 
 /// The relative path of slot `s`: even slots at the top, odd ones in `sub/`,
@@ -76,13 +90,32 @@ impl Op {
             Op::Fsync { .. } => "fsync",
             Op::Reopen { .. } => "reopen",
             Op::Seek { .. } => "seek",
+            Op::Append { .. } => "append",
+            Op::OpenTrunc { .. } => "open-trunc",
+            Op::MapRead { .. } => "mapread",
+            Op::MapWrite { .. } => "mapwrite",
         }
     }
 
     /// Every kind, in the order counts are printed.
-    pub const KINDS: [&'static str; 13] = [
-        "create", "write", "read", "truncate", "punch", "zero", "allocate", "rename", "link",
-        "unlink", "fsync", "reopen", "seek",
+    pub const KINDS: [&'static str; 17] = [
+        "create",
+        "write",
+        "read",
+        "truncate",
+        "punch",
+        "zero",
+        "allocate",
+        "rename",
+        "link",
+        "unlink",
+        "fsync",
+        "reopen",
+        "seek",
+        "append",
+        "open-trunc",
+        "mapread",
+        "mapwrite",
     ];
 }
 
@@ -136,6 +169,27 @@ impl fmt::Display for Op {
             Op::Fsync { slot } => write!(f, "fsync {}", p(slot)),
             Op::Reopen { slot } => write!(f, "close+reopen {}", p(slot)),
             Op::Seek { slot, off } => write!(f, "seek-data/hole {} from {off:#x}", p(slot)),
+            Op::Append { slot, len, fill } => {
+                write!(f, "append {} +{len:#x} fill {fill:#x}", p(slot))
+            }
+            Op::OpenTrunc { slot } => write!(f, "open(O_TRUNC) {}", p(slot)),
+            Op::MapRead { slot, off, len } => write!(
+                f,
+                "mapread {} {off:#x}+{len:#x} (..{:#x})",
+                p(slot),
+                off + len
+            ),
+            Op::MapWrite {
+                slot,
+                off,
+                len,
+                fill,
+            } => write!(
+                f,
+                "mapwrite {} {off:#x}+{len:#x} (..{:#x}) fill {fill:#x}",
+                p(slot),
+                off + len
+            ),
         }
     }
 }
@@ -151,6 +205,8 @@ pub struct Features {
     pub allocate: bool,
     /// `link(2)`.
     pub links: bool,
+    /// Shared `mmap` reads and writes.
+    pub mmap: bool,
 }
 
 impl Default for Features {
@@ -160,6 +216,7 @@ impl Default for Features {
             zero_range: true,
             allocate: true,
             links: true,
+            mmap: true,
         }
     }
 }
@@ -186,7 +243,7 @@ pub fn generate(rng: &mut Rng, model: &Model, features: Features, limits: Limits
     let file = *rng.pick(&occupied);
     let size = model.file(file).map_or(0, |i| i.data.len() as u64);
     loop {
-        let op = match rng.below(100) {
+        let op = match rng.below(112) {
             0..=21 => {
                 let (off, len) = range(rng, size, limits);
                 Op::Write {
@@ -272,6 +329,29 @@ pub fn generate(rng: &mut Rng, model: &Model, features: Features, limits: Limits
             },
             92..=94 => Op::Fsync { slot: file },
             95..=99 => Op::Reopen { slot: file },
+            100..=102 => Op::Append {
+                slot: file,
+                len: length(rng, limits.max_io).min(limits.max_size.saturating_sub(size)),
+                fill: rng.next(),
+            },
+            103..=104 => Op::OpenTrunc { slot: file },
+            105..=108 if features.mmap => {
+                let off = rng.below(size.max(1));
+                Op::MapRead {
+                    slot: file,
+                    off,
+                    len: length(rng, limits.max_io),
+                }
+            }
+            109..=111 if features.mmap => {
+                let (off, len) = range(rng, size, limits);
+                Op::MapWrite {
+                    slot: file,
+                    off,
+                    len,
+                    fill: rng.next(),
+                }
+            }
             _ => continue,
         };
         return op;
@@ -340,6 +420,7 @@ mod tests {
             zero_range: false,
             allocate: false,
             links: false,
+            mmap: false,
         };
         let mut rng = Rng::new(1);
         let mut model = Model::new(4);
@@ -352,6 +433,8 @@ mod tests {
                         | Op::ZeroRange { .. }
                         | Op::Allocate { .. }
                         | Op::Link { .. }
+                        | Op::MapRead { .. }
+                        | Op::MapWrite { .. }
                 ),
                 "{op}"
             );

@@ -5,10 +5,12 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use memmap2::MmapOptions;
 
 use crate::model::{Effect, InodeId, Model};
 use crate::op::{generate, slot_path, Features, Limits, Op};
@@ -121,6 +123,10 @@ impl fmt::Display for Failure {
 }
 
 impl std::error::Error for Failure {}
+
+/// Map offsets are rounded down to this (a multiple of every page size
+/// Linux uses on the machines we run on).
+const PAGE: u64 = 64 * 1024;
 
 /// What the real file system returned for an operation.
 enum Real {
@@ -325,6 +331,71 @@ impl Runner {
                 self.fd(slot)?.sync_all()?;
                 Ok(Real::Done)
             }
+            Op::Append { slot, len, fill } => {
+                let mut buf = vec![0; len as usize];
+                crate::fill_bytes(fill, &mut buf);
+                let mut f = OpenOptions::new().append(true).open(self.path(slot))?;
+                f.write_all(&buf)?;
+                self.stats.bytes_written += len;
+                Ok(Real::Done)
+            }
+            Op::OpenTrunc { slot } => {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(self.path(slot))?;
+                Ok(Real::Done)
+            }
+            Op::MapRead { slot, off, len } => {
+                let size = self.model.file(slot).map_or(0, |i| i.data.len() as u64);
+                let end = (off + len).min(size);
+                let f = self.fd(slot)?;
+                if off >= end {
+                    return Ok(Real::Data(Vec::new()));
+                }
+                let base = off / PAGE * PAGE;
+                // SAFETY: a shared read-only map of a file only this tester
+                // changes, within the size the model (and so far the file)
+                // has; it is dropped before the next operation.
+                let map = unsafe {
+                    MmapOptions::new()
+                        .offset(base)
+                        .len((end - base) as usize)
+                        .map(f)?
+                };
+                let got = map[(off - base) as usize..].to_vec();
+                self.stats.bytes_read += got.len() as u64;
+                Ok(Real::Data(got))
+            }
+            Op::MapWrite {
+                slot,
+                off,
+                len,
+                fill,
+            } => {
+                let size = self.model.file(slot).map_or(0, |i| i.data.len() as u64);
+                let f = self.fd(slot)?;
+                if len == 0 {
+                    return Ok(Real::Done);
+                }
+                if off + len > size {
+                    f.set_len(off + len)?;
+                }
+                let base = off / PAGE * PAGE;
+                // SAFETY: as for MapRead; the file was grown to cover the
+                // whole range first.
+                let mut map = unsafe {
+                    MmapOptions::new()
+                        .offset(base)
+                        .len((off + len - base) as usize)
+                        .map_mut(f)?
+                };
+                crate::fill_bytes(fill, &mut map[(off - base) as usize..]);
+                map.flush()?;
+                self.stats.bytes_written += len;
+                Ok(Real::Done)
+            }
             Op::Seek { slot, off } => {
                 let zeros = self.model.file(slot).map(|i| i.data.clone());
                 let f = self.fd(slot)?;
@@ -369,7 +440,7 @@ impl Runner {
                 }
                 (Real::Data(got), Effect::Read(want)) => {
                     let off = match op {
-                        Op::Read { off, .. } => off,
+                        Op::Read { off, .. } | Op::MapRead { off, .. } => off,
                         _ => 0,
                     };
                     if let Some((what, diff)) = compare(&got, &want, off) {
@@ -545,7 +616,11 @@ fn op_slots(op: &Op) -> Vec<usize> {
         | Op::Unlink { slot }
         | Op::Fsync { slot }
         | Op::Reopen { slot }
-        | Op::Seek { slot, .. } => vec![slot],
+        | Op::Seek { slot, .. }
+        | Op::Append { slot, .. }
+        | Op::OpenTrunc { slot }
+        | Op::MapRead { slot, .. }
+        | Op::MapWrite { slot, .. } => vec![slot],
     }
 }
 
