@@ -3,7 +3,7 @@
 //!
 //! - `stretto-fsx` (the model-checked random file-operation tester, crate
 //!   `fsx`) runs 20,000 operations per seed, three seeds, each in its own
-//!   directory of one mount. In each run one brick is SIGKILLed at a fixed
+//!   directory of one mount, on files up to 1.25 MiB with 1 MiB chunks. In each run one brick is SIGKILLed at a fixed
 //!   operation and restarted at another (a different brick per seed), so the
 //!   points are operation counts, never times. Then the volume is unmounted,
 //!   mounted again with an empty cache and every file is checked against
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{run, stretto, BrickProcess, Pool};
-use fsx::{Config, Runner};
+use fsx::{Config, Limits, Runner};
 
 /// Operations per seed.
 const OPS: u64 = 20_000;
@@ -186,18 +186,33 @@ fn wait_for(child: &mut Child) -> std::process::ExitStatus {
     }
 }
 
-/// A replica-3 volume `fs` on three bricks, started.
-fn replica3() -> Pool {
+/// A replica-3 volume `fs` on three bricks with `chunk_size`, started.
+fn replica3(chunk_size: &str) -> Pool {
     let pool = Pool::start(3);
     let (a, b, c) = (pool.addr(0), pool.addr(1), pool.addr(2));
-    ok(pool.volume(0, &["create", "fs", "replica", "3", &a, &b, &c]));
+    ok(pool.volume(
+        0,
+        &[
+            "create",
+            "fs",
+            "replica",
+            "3",
+            &a,
+            &b,
+            &c,
+            "--chunk-size",
+            chunk_size,
+        ],
+    ));
     ok(pool.volume(0, &["start", "fs"]));
     pool
 }
 
 #[test]
 fn fsx_three_seeds_with_a_brick_sigkilled_and_restarted_mid_run() {
-    let mut pool = replica3();
+    // Files grow past the 1 MiB chunk, so reads, writes, truncates and
+    // holes also cross chunk boundaries.
+    let mut pool = replica3("1M");
     let root = tempfile::tempdir().unwrap();
     let point = root.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
@@ -213,6 +228,10 @@ fn fsx_three_seeds_with_a_brick_sigkilled_and_restarted_mid_run() {
         let cfg = Config {
             seed,
             ops: OPS,
+            limits: Limits {
+                max_size: 1280 * 1024,
+                max_io: 64 * 1024,
+            },
             ..Config::default()
         };
         let mut runner = Runner::new(&dir, cfg).unwrap();
@@ -430,7 +449,7 @@ fn pjdfstest_passes_on_a_replica_3_mount() {
     assert_eq!(reference.failed, 0, "{:#?}", reference.failures);
     assert!(reference.passed > 300, "{reference:?}");
 
-    let pool = replica3();
+    let pool = replica3("64M");
     let point = root.path().join("mnt");
     std::fs::create_dir(&point).unwrap();
     let mount = Mount::start(&pool, 0, "fs", &point);
