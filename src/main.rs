@@ -5,6 +5,7 @@
 
 mod demo;
 mod image_cmd;
+mod mount_cmd;
 mod nbd_cmd;
 mod volume_cmd;
 
@@ -37,6 +38,10 @@ enum Command {
     Image(image_cmd::ImageArgs),
     /// Export a volume's images as NBD block devices (qemu, nbd-client, nbdinfo...).
     Nbd(nbd_cmd::NbdArgs),
+    /// Mount a volume as a POSIX file system (FUSE); returns once the mount is live.
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a mounted volume.
+    Umount(mount_cmd::UmountArgs),
     /// Start a brick on loopback in a temporary directory, write and read an object through it, and show how to reach it.
     Demo(demo::DemoArgs),
 }
@@ -124,6 +129,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Image(args) => runtime()?.block_on(image_cmd::run(args)),
         Command::Nbd(args) => runtime()?.block_on(nbd_cmd::run(args)),
         Command::Demo(args) => runtime()?.block_on(demo::run(args)),
+        Command::Mount(args) => mount_cmd::run(args),
+        Command::Umount(args) => mount_cmd::umount(args),
     }
 }
 

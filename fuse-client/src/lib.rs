@@ -1,4 +1,21 @@
-//! The FUSE file system and its Venus-like cache manager (attribute, directory
-//! and data caching, client modification log, disconnected operation).
+//! The FUSE file system and its Venus-like cache manager.
 //!
-//! Not built yet: this crate holds only its purpose until the file-volume issue.
+//! - [`inode`]: record formats and keys of the namespace.
+//! - [`cml`]: the client modification log; every namespace change is an entry.
+//! - [`namespace`]: directories and inodes over the volume's record store
+//!   (guarded all-or-nothing commits, planned again on conflict).
+//! - [`fs`]: the FUSE adapter (fuser), data through volume objects.
+//! - [`mount`]: mounting, the callback task that breaks stale caches.
+//!
+//! It must never import `brick` or `storage`: it reaches bricks only
+//! through `volume`.
+
+pub mod cml;
+pub mod fs;
+pub mod inode;
+pub mod mount;
+pub mod namespace;
+
+pub use cml::{Cml, CmlEntry};
+pub use inode::{Dirent, Inode, Kind, Timespec};
+pub use namespace::{Namespace, NsError};
