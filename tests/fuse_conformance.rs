@@ -56,6 +56,34 @@ fn fuse_mounted_on(point: &Path) -> bool {
     })
 }
 
+/// The FUSE connection number (the minor of the mount's device, field 3 of
+/// mountinfo) of the mount on `point`.
+fn fuse_connection(point: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let point = point.to_string_lossy();
+    info.lines().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        (fields.get(4) == Some(&point.as_ref()))
+            .then(|| fields.get(2)?.split(':').nth(1).map(str::to_string))
+            .flatten()
+    })
+}
+
+/// Aborts FUSE connection `conn` (fusectl): every request waiting on it
+/// fails with ENOTCONN, and a daemon thread stuck in the kernel (a
+/// notification that waits for a lock a blocked request holds) gets out,
+/// so the mount process can be reaped.
+fn abort_connection(conn: &str) {
+    let dir = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(dir)
+            .status();
+    }
+    let _ = std::fs::write(dir.join(conn).join("abort"), "1");
+}
+
 /// A `stretto mount --foreground` process and its mount point.
 struct Mount {
     child: Option<Child>,
@@ -64,6 +92,8 @@ struct Mount {
     /// Set (under its lock) once the mount process is to be reaped, so the
     /// hang guard never signals a reused pid.
     done: Arc<Mutex<bool>>,
+    /// Its FUSE connection number, to abort a hung mount.
+    conn: Option<String>,
 }
 
 impl Mount {
@@ -105,7 +135,9 @@ impl Mount {
         // The hang guard: a mount still up after PATIENCE is killed, which
         // aborts the FUSE connection, so blocked calls fail with ENOTCONN.
         let done = Arc::new(Mutex::new(false));
+        let conn = fuse_connection(point);
         let (guard, pid, shown) = (done.clone(), child.id(), point.display().to_string());
+        let guard_conn = conn.clone();
         std::thread::spawn(move || {
             let start = Instant::now();
             loop {
@@ -123,6 +155,9 @@ impl Mount {
                     unsafe {
                         libc::kill(pid as libc::pid_t, libc::SIGKILL);
                     }
+                    if let Some(c) = &guard_conn {
+                        abort_connection(c);
+                    }
                     return;
                 }
             }
@@ -132,6 +167,7 @@ impl Mount {
             point: point.to_path_buf(),
             _cache: cache,
             done,
+            conn,
         }
     }
 
@@ -161,9 +197,16 @@ impl Drop for Mount {
         }
         self.stand_down();
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+            if let Ok(None) = child.try_wait() {
+                // SAFETY: kill(2) on our own child's pid, not reaped yet.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGKILL);
+                }
+                // A thread of it may be stuck in the kernel on this mount
+                // (the connection is still its own: it had not exited).
+                if let Some(c) = &self.conn {
+                    abort_connection(c);
+                }
             }
             let _ = child.wait();
         }
