@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
     e2fsprogs   # mkfs/e2fsck for file-system checks
     fio         # object-store and NBD comparisons in bench/
-    fuse3       # fusermount3 for the nbdfuse ext4 test
+    fuse3       # fusermount3 for the nbdfuse ext4 test and stretto mount
     nbdkit      # NBD peer in bench/ (stretto-bench nbd)
     libnbd-bin  # nbdinfo, nbdcopy, nbdsh, nbdfuse (NBD real-client tests)
     python3-libnbd # nbdsh's python module

@@ -240,8 +240,44 @@ async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
         nbd.addr
     );
 
+    // The volume as a file system: `stretto mount` returns once it is live.
+    let mnt = root.join("mnt");
+    std::fs::create_dir_all(&mnt).context("cannot make the demo's mount point")?;
+    let mnt_arg = mnt.to_str().context("non-UTF-8 path")?;
+    let exe = std::env::current_exe().context("cannot find the stretto binary")?;
+    let out = Command::new(&exe)
+        .args(["mount", "demo", mnt_arg, "--pool", &pool_arg])
+        .args(["--secret-file", secret_arg, "--log", "warn"])
+        .output()
+        .context("cannot run stretto mount")?;
+    if !out.status.success() {
+        bail!(
+            "stretto mount failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mounted = MountGuard(mnt.clone());
+    std::fs::write(mnt.join("hello.txt"), b"hello from stretto\n")
+        .context("cannot write through the mount")?;
+    let back = std::fs::read(mnt.join("hello.txt")).context("cannot read through the mount")?;
+    let images: Vec<String> = std::fs::read_dir(mnt.join("images"))
+        .context("cannot list /images")?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    println!(
+        "mounted volume demo on {} (FUSE); hello.txt written and read back: {}; images/: {}",
+        mnt.display(),
+        if back == b"hello from stretto\n" {
+            "identical"
+        } else {
+            "DIFFERENT"
+        },
+        images.join(" ")
+    );
+
     println!();
     println!("Try, while the demo runs:");
+    println!("  ls -l {}  {}/images", mnt.display(), mnt.display());
     println!("  nbdinfo {uri}");
     println!("  qemu-img info {uri}");
     println!("  qemu-io -f raw -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M' {uri}");
@@ -264,6 +300,8 @@ async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
         addrs[0]
     );
     if args.once {
+        drop(mounted);
+        println!("\nunmounted {}", mnt.display());
         nbd.stop();
         for b in &mut bricks {
             b.stop();
@@ -273,10 +311,36 @@ async fn demo_in(root: &Path, args: &DemoArgs) -> Result<()> {
     }
     println!("\nCtrl-C stops everything and removes {}", root.display());
     tokio::signal::ctrl_c().await.ok();
+    drop(mounted);
     nbd.stop();
     for b in &mut bricks {
         b.stop();
     }
     println!("stopped ({} and the bricks)", nbd.what);
     Ok(())
+}
+
+/// Unmounts the demo's mount when dropped (also on an error path).
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let ok = std::env::current_exe()
+            .ok()
+            .and_then(|exe| {
+                Command::new(exe)
+                    .arg("umount")
+                    .arg(&self.0)
+                    .stdout(Stdio::null())
+                    .status()
+                    .ok()
+            })
+            .is_some_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.0)
+                .status();
+        }
+    }
 }

@@ -43,6 +43,9 @@ pub struct MountArgs {
     /// process logs to mount.log in it.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Most bytes of file data kept in the cache directory (e.g. 512M, 4G).
+    #[arg(long, default_value = "1G")]
+    cache_size: String,
     /// FUSE session threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
@@ -116,6 +119,12 @@ pub fn run(args: MountArgs) -> Result<()> {
         std::fs::create_dir_all(d)
             .with_context(|| format!("cannot make the cache directory {}", d.display()))?;
     }
+    let cache_size = manage::parse_size(&args.cache_size).with_context(|| {
+        format!(
+            "bad --cache-size {:?}: expected e.g. 512M, 4G or a byte count",
+            args.cache_size
+        )
+    })?;
     if !args.foreground {
         return start_background(&args, &mountpoint);
     }
@@ -148,6 +157,7 @@ pub fn run(args: MountArgs) -> Result<()> {
             }),
         },
         threads: args.threads,
+        cache: args.cache_dir.clone().map(|d| (d, cache_size)),
     };
     let mounted = mount(rt.handle().clone(), Arc::new(client), cfg)
         .with_context(|| format!("cannot mount volume {volume} on {}", mountpoint.display()))?;
@@ -222,6 +232,7 @@ fn start_background(args: &MountArgs, mountpoint: &Path) -> Result<()> {
     if let Some(d) = &args.cache_dir {
         cmd.arg("--cache-dir").arg(d);
     }
+    cmd.arg("--cache-size").arg(&args.cache_size);
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);

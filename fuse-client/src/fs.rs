@@ -85,6 +85,9 @@ enum Handle {
     File {
         fid: Fid,
         writer: Option<Arc<Writer>>,
+        /// The whole file from the disk cache, its size and the inode
+        /// version it is a copy of, when opened for reading.
+        cached: Option<(Arc<std::fs::File>, u64, u64)>,
     },
     Image {
         fid: Fid,
@@ -108,8 +111,9 @@ pub struct Shared {
     /// an invalidation is not cached after it.
     gen: AtomicU64,
     writers: Mutex<HashMap<Fid, Arc<Writer>>>,
-    /// Serialises taking leases, so two opens of one file share one.
-    lease_gate: tokio::sync::Mutex<()>,
+    /// Per file: serialises taking and releasing its lease, so two opens
+    /// of one file share one lease (a second take would fence the first).
+    lease_gates: Mutex<HashMap<Fid, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     open_count: Mutex<HashMap<Fid, usize>>,
     /// Open files whose last name went: their inode as last seen; the data
@@ -119,6 +123,7 @@ pub struct Shared {
     /// Sequence numbers of our own commits (the callback task skips them).
     own: Mutex<HashSet<u64>>,
     images: Mutex<Option<(Instant, BTreeMap<String, ImageEntry>)>>,
+    disk: Option<crate::cache::DiskCache>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -207,13 +212,77 @@ impl Shared {
             entries: Mutex::default(),
             gen: AtomicU64::new(0),
             writers: Mutex::default(),
-            lease_gate: tokio::sync::Mutex::new(()),
+            lease_gates: Mutex::default(),
             handles: Mutex::default(),
             open_count: Mutex::default(),
             orphans: Mutex::default(),
             next_fh: AtomicU64::new(1),
             own: Mutex::default(),
             images: Mutex::new(None),
+            disk: None,
+        }
+    }
+
+    /// Keeps whole files in `disk` (see [`crate::cache`]).
+    pub fn with_disk_cache(mut self, disk: crate::cache::DiskCache) -> Shared {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// The disk cache's bytes, copies, hits and misses.
+    pub fn disk_stats(&self) -> Option<(u64, usize, u64, u64)> {
+        self.disk.as_ref().map(|d| d.stats())
+    }
+
+    /// The inode as the store has it now, with its version.
+    async fn fresh_inode(&self, fid: Fid) -> Result<(u64, Inode), Errno> {
+        let g = self.gen.load(Ordering::Acquire);
+        match self.ns.inode(fid).await {
+            Ok(Some((v, i))) => {
+                if self.gen.load(Ordering::Acquire) == g {
+                    lock(&self.attrs).insert(fid, (v, i.clone()));
+                }
+                Ok((v, self.overlay(fid, i)))
+            }
+            Ok(None) => match lock(&self.orphans).get(&fid) {
+                Some(i) => Ok((0, self.overlay(fid, i.clone()))),
+                None => Err(Errno::ENOENT),
+            },
+            Err(e) => Err(ns_errno(&e)),
+        }
+    }
+
+    /// The whole file from the disk cache at `version`, fetched from the
+    /// bricks if the cache has no copy of that version.
+    async fn cached_copy(
+        &self,
+        fid: Fid,
+        version: u64,
+        size: u64,
+    ) -> Result<Option<(Arc<std::fs::File>, u64, u64)>, Errno> {
+        let Some(disk) = &self.disk else {
+            return Ok(None);
+        };
+        if version == 0 || !disk.wants(size) || lock(&self.writers).contains_key(&fid) {
+            return Ok(None);
+        }
+        if let Some(f) = disk.get(fid, version) {
+            return Ok(Some((f, size, version)));
+        }
+        let obj = self.client.object(fid);
+        let mut data = Vec::with_capacity(size as usize);
+        while (data.len() as u64) < size {
+            let at = data.len() as u64;
+            let n = (size - at).min(volume::xlator::MAX_PIECE);
+            let piece = obj.read(at, n).await.map_err(|e| vol_errno(&e))?;
+            data.extend_from_slice(&piece);
+        }
+        match disk.put(fid, version, &data) {
+            Ok(f) => Ok(Some((f, size, version))),
+            Err(e) => {
+                tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
+                Ok(None)
+            }
         }
     }
 
@@ -241,6 +310,9 @@ impl Shared {
     pub(crate) fn forget_inode(&self, fid: Fid) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         lock(&self.attrs).remove(&fid);
+        if let Some(d) = &self.disk {
+            d.remove(fid);
+        }
     }
 
     /// Drops a cached directory entry (callback path).
@@ -453,8 +525,32 @@ impl Shared {
             .ok_or(Errno::ENOENT)
     }
 
+    fn gate(&self, fid: Fid) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.lease_gates).entry(fid).or_default().clone()
+    }
+
+    fn drop_gate(&self, fid: Fid, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut g = lock(&self.lease_gates);
+        // Ours and the map's: no one else waits on it.
+        if Arc::strong_count(&gate) == 2 {
+            g.remove(&fid);
+        }
+    }
+
     async fn writer_for(&self, fid: Fid, size: u64) -> Result<Arc<Writer>, Errno> {
-        let _gate = self.lease_gate.lock().await;
+        let gate = self.gate(fid);
+        let r = self.take_writer(fid, size, &gate).await;
+        self.drop_gate(fid, gate);
+        r
+    }
+
+    async fn take_writer(
+        &self,
+        fid: Fid,
+        size: u64,
+        gate: &tokio::sync::Mutex<()>,
+    ) -> Result<Arc<Writer>, Errno> {
+        let _held = gate.lock().await;
         if let Some(w) = lock(&self.writers).get(&fid).cloned() {
             w.refs.fetch_add(1, Ordering::AcqRel);
             return Ok(w);
@@ -518,15 +614,22 @@ impl Shared {
         let mut res = Ok(());
         if let Some(w) = writer {
             res = self.store(fid, &w).await;
-            let _gate = self.lease_gate.lock().await;
+            let gate = self.gate(fid);
+            let held = gate.lock().await;
             if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let w = lock(&self.writers).remove(&fid);
-                if let Some(w) = w.and_then(|w| Arc::try_unwrap(w).ok()) {
+                let removed = lock(&self.writers).remove(&fid);
+                // Ours was the last handle: with this clone gone the map's
+                // is the only one, and the lease is released before the
+                // next open can take it again.
+                drop(w);
+                if let Some(w) = removed.and_then(|w| Arc::try_unwrap(w).ok()) {
                     if let Err(e) = w.obj.close().await {
                         tracing::warn!(%fid, error = %e, "lease release failed");
                     }
                 }
             }
+            drop(held);
+            self.drop_gate(fid, gate);
         }
         let last = {
             let mut oc = lock(&self.open_count);
@@ -667,18 +770,22 @@ impl Shared {
                     *lock(&w.mtime) = Timespec::now();
                 }
             }
+            // Data written through this mount first, so that times set
+            // here are not overwritten by a later store of the size.
+            let open_writer = lock(&self.writers).get(&fid).cloned();
+            if let Some(w) = &open_writer {
+                if set.size.is_some() {
+                    w.dirty.store(false, Ordering::Release);
+                } else {
+                    self.store(fid, w).await?;
+                }
+            }
             let mut set = set;
             if set.size.is_some() && set.mtime.is_none() {
                 set.mtime = Some(Timespec::now());
             }
             let now = Timespec::now();
             let out = self.apply(CmlEntry::SetAttr { fid, set, now }).await?;
-            if let Some(w) = lock(&self.writers).get(&fid) {
-                if out.inode.is_some() {
-                    // The size is recorded; later writes mark it again.
-                    w.dirty.store(false, Ordering::Release);
-                }
-            }
             let i = match out.inode {
                 Some((_, _, i)) => self.overlay(fid, i),
                 None => self.inode(fid, false).await?,
@@ -995,19 +1102,23 @@ impl fuser::Filesystem for StrettoFs {
         let fid = s.fid(ino);
         let r = s.block(async {
             // Close-to-open: the inode as the bricks have it now.
-            let i = s.inode(fid, true).await?;
+            let (version, i) = s.fresh_inode(fid).await?;
             match i.kind {
                 Kind::Dir => return Err(Errno::EISDIR),
                 Kind::File => {}
                 _ => return Err(Errno::EINVAL),
             }
-            let writer = if write {
-                Some(s.writer_for(fid, i.size).await?)
+            let (writer, cached) = if write {
+                (Some(s.writer_for(fid, i.size).await?), None)
             } else {
-                None
+                (None, s.cached_copy(fid, version, i.size).await?)
             };
             s.opened(fid);
-            Ok(s.new_fh(Handle::File { fid, writer }))
+            Ok(s.new_fh(Handle::File {
+                fid,
+                writer,
+                cached,
+            }))
         });
         match r {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -1028,14 +1139,37 @@ impl fuser::Filesystem for StrettoFs {
     ) {
         let s = &self.s;
         let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File { fid, .. }) => Ok((*fid, None)),
-            Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size))),
+            Some(Handle::File { fid, cached, .. }) => Ok((*fid, None, cached.clone())),
+            Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size), None)),
             _ => Err(Errno::EBADF),
         };
-        let (fid, image_size) = match h {
+        let (fid, image_size, cached) = match h {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
+        // The cached copy serves reads while the inode is still at its
+        // version: not when this mount writes the file now, has written it
+        // since (its store raised the version), or a callback said another
+        // client changed it (then the bricks have newer data).
+        let current = |v: u64| {
+            !lock(&s.writers).contains_key(&fid)
+                && lock(&s.attrs).get(&fid).map(|(cv, _)| *cv) == Some(v)
+        };
+        if let Some((f, end, _)) = cached.filter(|(_, _, v)| current(*v)) {
+            use std::os::unix::fs::FileExt;
+            if offset >= end {
+                return reply.data(&[]);
+            }
+            let len = (size as u64).min(end - offset) as usize;
+            let mut buf = vec![0u8; len];
+            return match f.read_exact_at(&mut buf, offset) {
+                Ok(()) => reply.data(&buf),
+                Err(e) => {
+                    tracing::warn!(%fid, error = %e, "cache read failed");
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
         let _ = ino;
         let r = s.block(async {
             let end = match image_size {
@@ -1108,6 +1242,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };
@@ -1133,6 +1268,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };
@@ -1162,7 +1298,7 @@ impl fuser::Filesystem for StrettoFs {
         let s = &self.s;
         let h = lock(&s.handles).remove(&fh.0);
         match h {
-            Some(Handle::File { fid, writer }) => match s.block(s.release_file(fid, writer)) {
+            Some(Handle::File { fid, writer, .. }) => match s.block(s.release_file(fid, writer)) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e),
             },
@@ -1498,7 +1634,11 @@ impl fuser::Filesystem for StrettoFs {
                 None
             };
             s.opened(fid);
-            let fh = s.new_fh(Handle::File { fid, writer });
+            let fh = s.new_fh(Handle::File {
+                fid,
+                writer,
+                cached: None,
+            });
             Ok::<_, Errno>((fid, i, fh))
         });
         match r {
@@ -1528,6 +1668,7 @@ impl fuser::Filesystem for StrettoFs {
             Some(Handle::File {
                 fid,
                 writer: Some(w),
+                ..
             }) => Some((*fid, w.clone())),
             _ => None,
         };

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, INodeNo, MountOption, Notifier, Session, SessionACL};
+use fuser::{Config, INodeNo, MountOption, Session, SessionACL};
 use tokio::task::AbortHandle;
 use volume::records::RecordError;
 
@@ -31,6 +31,8 @@ pub struct MountConfig {
     pub options: FsOptions,
     /// FUSE session threads.
     pub threads: usize,
+    /// Cache directory and its size limit for file data (none: memory only).
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 /// A live mount. Dropping it unmounts.
@@ -84,12 +86,29 @@ pub fn mount(
 ) -> std::io::Result<Mounted> {
     let spec = client.spec();
     let c2 = client.clone();
-    let ns = Namespace::new(spec.id, Arc::new(move || c2.records()));
+    let source: crate::namespace::StoreSource = Arc::new(move || c2.records());
+    let ns = match &cfg.cache {
+        Some((dir, _)) => {
+            let cml = crate::cml::Cml::open(&dir.join("cml")).map_err(std::io::Error::other)?;
+            Namespace::with_log(spec.id, source, cml)
+        }
+        None => Namespace::new(spec.id, source),
+    };
+    let (done, refused) = rt
+        .block_on(ns.replay())
+        .map_err(|e| std::io::Error::other(format!("cannot replay the client log: {e}")))?;
+    if done + refused > 0 {
+        tracing::info!(applied = done, refused, "client log replayed");
+    }
     // SAFETY: geteuid/getegid cannot fail and touch no memory.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     rt.block_on(ns.ensure_root(0o755, uid, gid))
         .map_err(|e| std::io::Error::other(format!("cannot make the volume's root: {e}")))?;
-    let shared = Arc::new(Shared::new(rt.clone(), client, ns, cfg.options.clone()));
+    let mut shared = Shared::new(rt.clone(), client, ns, cfg.options.clone());
+    if let Some((dir, limit)) = &cfg.cache {
+        shared = shared.with_disk_cache(crate::cache::DiskCache::open(dir, spec.id, *limit)?);
+    }
+    let shared = Arc::new(shared);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("stretto:{}", spec.name)),
@@ -111,7 +130,25 @@ pub fn mount(
     config.clone_fd = true;
     let session = Session::new(StrettoFs::new(shared.clone()), &cfg.mountpoint, &config)?;
     let notifier = session.notifier();
-    let callbacks = rt.spawn(follow_changes(shared, notifier)).abort_handle();
+    // The kernel may block a notification until a request on the same
+    // directory finishes, and that request may need the runtime: the
+    // notifications are sent from a thread of their own, never from a
+    // runtime worker.
+    let (tx, rx) = std::sync::mpsc::channel::<KeyRef>();
+    std::thread::Builder::new()
+        .name("stretto-inval".into())
+        .spawn(move || {
+            for k in rx {
+                // ENOENT (not cached) and errors after unmount are fine.
+                let _ = match k {
+                    KeyRef::Inode(fid) => notifier.inval_inode(INodeNo(ino_of(fid)), 0, 0),
+                    KeyRef::Entry(dir, name) => {
+                        notifier.inval_entry(INodeNo(ino_of(dir)), OsStr::from_bytes(&name))
+                    }
+                };
+            }
+        })?;
+    let callbacks = rt.spawn(follow_changes(shared, tx)).abort_handle();
     let session = session.spawn()?;
     Ok(Mounted {
         session: Some(session),
@@ -121,7 +158,7 @@ pub fn mount(
 }
 
 /// The callback task (see the module doc).
-async fn follow_changes(s: Arc<Shared>, notifier: Notifier) {
+async fn follow_changes(s: Arc<Shared>, notify: std::sync::mpsc::Sender<KeyRef>) {
     let mut since = None;
     loop {
         let store = s.ns.store();
@@ -144,17 +181,13 @@ async fn follow_changes(s: Arc<Shared>, notifier: Notifier) {
                     if s.take_own_peek(c.seq) {
                         continue;
                     }
-                    match parse_key(&c.key) {
-                        Some(KeyRef::Inode(fid)) => {
-                            s.forget_inode(fid);
-                            let _ = notifier.inval_inode(INodeNo(ino_of(fid)), 0, 0);
-                        }
-                        Some(KeyRef::Entry(dir, name)) => {
-                            s.forget_entry(dir, &name);
-                            let _ = notifier
-                                .inval_entry(INodeNo(ino_of(dir)), OsStr::from_bytes(&name));
-                        }
-                        None => {}
+                    let Some(k) = parse_key(&c.key) else { continue };
+                    match &k {
+                        KeyRef::Inode(fid) => s.forget_inode(*fid),
+                        KeyRef::Entry(dir, name) => s.forget_entry(*dir, name),
+                    }
+                    if notify.send(k).is_err() {
+                        return;
                     }
                 }
                 s.forget_own_upto(last);

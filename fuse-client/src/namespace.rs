@@ -70,6 +70,8 @@ pub enum NsError {
     },
     #[error(transparent)]
     Store(#[from] RecordError),
+    #[error(transparent)]
+    Log(#[from] crate::cml::CmlError),
 }
 
 impl NsError {
@@ -90,7 +92,7 @@ impl NsError {
             NsError::Invalid(_) => libc::EINVAL,
             NsError::Busy(_) => libc::EAGAIN,
             NsError::Corrupt { .. } => libc::EIO,
-            NsError::Store(_) => libc::EIO,
+            NsError::Store(_) | NsError::Log(_) => libc::EIO,
         }
     }
 }
@@ -245,11 +247,38 @@ impl std::fmt::Debug for Namespace {
 
 impl Namespace {
     pub fn new(volume: u32, source: StoreSource) -> Namespace {
+        Namespace::with_log(volume, source, Cml::new())
+    }
+
+    /// A namespace whose changes go through `cml` (e.g. one kept in RVM).
+    pub fn with_log(volume: u32, source: StoreSource, cml: Cml) -> Namespace {
         Namespace {
             source,
             volume,
-            cml: Cml::new(),
+            cml,
         }
+    }
+
+    /// Applies the entries a crash left in the log, oldest first, and drops
+    /// them. An entry that was already applied fails its guards (a name
+    /// taken or gone) and is dropped too. Returns (applied, refused).
+    pub async fn replay(&self) -> Result<(usize, usize), NsError> {
+        let (mut ok, mut refused) = (0, 0);
+        for (n, e) in self.cml.pending_entries() {
+            match self.apply_now(&e).await {
+                Ok(_) => {
+                    ok += 1;
+                    self.cml.done(n, true);
+                }
+                Err(NsError::Store(e)) => return Err(NsError::Store(e)),
+                Err(err) => {
+                    tracing::info!(entry = n, error = %err, "client log entry not applied again");
+                    refused += 1;
+                    self.cml.done(n, false);
+                }
+            }
+        }
+        Ok((ok, refused))
     }
 
     /// A namespace over one fixed store (tests).
@@ -366,7 +395,7 @@ impl Namespace {
     /// Logs `e` and applies it (write-through): one guarded commit,
     /// planned again from fresh records on conflict.
     pub async fn apply(&self, e: CmlEntry) -> Result<Applied, NsError> {
-        let n = self.cml.append(e.clone());
+        let n = self.cml.append(e.clone())?;
         let r = self.apply_now(&e).await;
         self.cml.done(n, r.is_ok());
         r

@@ -1,0 +1,631 @@
+//! `stretto mount` end to end: real brick processes (replica 3), the real
+//! binary mounting through FUSE, driven with system calls, coreutils, tar
+//! and fio. Every mount is unmounted by a guard, also when a test fails.
+
+mod common;
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{run, BrickProcess, Pool};
+
+/// A volume `fs` on a 3-brick pool, replica 3, started.
+fn replica3() -> Pool {
+    let pool = Pool::start(3);
+    let (a, b, c) = (pool.addr(0), pool.addr(1), pool.addr(2));
+    ok(pool.volume(0, &["create", "fs", "replica", "3", &a, &b, &c]));
+    ok(pool.volume(0, &["start", "fs"]));
+    pool
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A mount made by `stretto mount`; unmounted on drop.
+struct Mount {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    fn new(pool: &Pool, extra: &[&str]) -> Mount {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).unwrap();
+        let cache = dir.path().join("cache");
+        let addr = pool.addr(0);
+        let mut args = vec![
+            "mount",
+            "fs",
+            path.to_str().unwrap(),
+            "--pool",
+            &addr,
+            "--secret-file",
+            pool.secret.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = ok(run(&args));
+        assert!(out.contains("mounted volume fs"), "{out}");
+        // The command returns once the mount is live: no waiting here.
+        let m = std::fs::metadata(&path).expect("mount answers");
+        assert_ne!(
+            m.dev(),
+            std::fs::metadata(dir.path()).unwrap().dev(),
+            "not mounted"
+        );
+        Mount {
+            _dir: dir,
+            path,
+            mounted: true,
+        }
+    }
+
+    fn cached_files(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = std::fs::read_dir(self._dir.path().join("cache/data"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    fn unmount(&mut self) {
+        if self.mounted {
+            ok(run(&["umount", self.path.to_str().unwrap()]));
+            self.mounted = false;
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.path)
+                .status();
+        }
+    }
+}
+
+fn errno_of<T>(r: std::io::Result<T>) -> i32 {
+    match r {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn c(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn renameat2(a: &Path, b: &Path, flags: u32) -> i32 {
+    let (a, b) = (c(a), c(b));
+    // SAFETY: valid NUL-terminated paths; renameat2 touches nothing else.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+/// Polls `f` until it holds, for at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn basic_operations_and_posix_errors() {
+    let pool = replica3();
+    let mut m = Mount::new(&pool, &[]);
+
+    // Files, data, attributes.
+    std::fs::write(m.p("a"), b"hello world").unwrap();
+    assert_eq!(std::fs::read(m.p("a")).unwrap(), b"hello world");
+    std::fs::set_permissions(m.p("a"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let md = std::fs::metadata(m.p("a")).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o7777, md.nlink()), (11, 0o640, 1));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.p("a"))
+        .unwrap();
+    f.set_len(5).unwrap();
+    f.set_len(8).unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(m.p("a")).unwrap(), b"hello\0\0\0");
+    // utimens with nanoseconds.
+    let t = libc::timespec {
+        tv_sec: 1_000_000_000,
+        tv_nsec: 123_456_789,
+    };
+    let path = c(&m.p("a"));
+    // SAFETY: valid path and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [t, t].as_ptr(), 0) };
+    assert_eq!(r, 0);
+    let md = std::fs::metadata(m.p("a")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 123_456_789));
+    // chown (we are root in CI).
+    std::os::unix::fs::chown(m.p("a"), Some(1234), Some(5678)).unwrap();
+    let md = std::fs::metadata(m.p("a")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+
+    // Directories, links, symlinks.
+    std::fs::create_dir(m.p("d")).unwrap();
+    std::fs::create_dir(m.p("d/e")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("d")).unwrap().nlink(), 3);
+    std::fs::hard_link(m.p("a"), m.p("d/a2")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("a")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("d/a2", m.p("s")).unwrap();
+    assert_eq!(std::fs::read_link(m.p("s")).unwrap(), PathBuf::from("d/a2"));
+    assert_eq!(std::fs::read(m.p("s")).unwrap(), b"hello\0\0\0");
+    let mut names: Vec<_> = std::fs::read_dir(&m.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "d", "images", "s"]);
+
+    // POSIX errors.
+    assert_eq!(errno_of(std::fs::read(m.p("nope"))), libc::ENOENT);
+    assert_eq!(errno_of(std::fs::create_dir(m.p("d"))), libc::EEXIST);
+    assert_eq!(errno_of(std::fs::remove_dir(m.p("d"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(std::fs::remove_file(m.p("d"))), libc::EISDIR);
+    assert_eq!(errno_of(std::fs::read_dir(m.p("a/x"))), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(std::fs::write(m.p(&"n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(std::fs::hard_link(m.p("d"), m.p("dl"))),
+        libc::EPERM
+    );
+
+    // rename: plain, NOREPLACE, EXCHANGE, bad flags.
+    std::fs::write(m.p("b"), b"bee").unwrap();
+    assert_eq!(
+        renameat2(&m.p("b"), &m.p("a"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(renameat2(&m.p("b"), &m.p("s"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(std::fs::read_link(m.p("b")).unwrap(), PathBuf::from("d/a2"));
+    assert_eq!(std::fs::read(m.p("s")).unwrap(), b"bee");
+    assert_eq!(
+        renameat2(&m.p("s"), &m.p("z"), libc::RENAME_WHITEOUT),
+        libc::EINVAL
+    );
+    std::fs::rename(m.p("s"), m.p("d/e/moved")).unwrap();
+    assert_eq!(std::fs::read(m.p("d/e/moved")).unwrap(), b"bee");
+    assert_eq!(errno_of(std::fs::metadata(m.p("s"))), libc::ENOENT);
+
+    // xattrs.
+    let name = CString::new("user.color").unwrap();
+    let pa = c(&m.p("a"));
+    // SAFETY: valid path, name and value buffers.
+    let r = unsafe { libc::setxattr(pa.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) };
+    assert_eq!(r, 0);
+    let mut buf = [0u8; 16];
+    // SAFETY: as above, buf is 16 bytes.
+    let n = unsafe { libc::getxattr(pa.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    assert_eq!(&buf[..n as usize], b"blue");
+    // SAFETY: as above.
+    let r = unsafe {
+        libc::setxattr(
+            pa.as_ptr(),
+            name.as_ptr(),
+            b"red".as_ptr().cast(),
+            3,
+            libc::XATTR_CREATE,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+
+    // fallocate (punch hole, zero range) and SEEK_DATA / SEEK_HOLE.
+    {
+        use std::os::fd::AsRawFd;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.p("data"))
+            .unwrap();
+        f.write_all(&vec![0xabu8; 64 * 1024]).unwrap();
+        let fd = f.as_raw_fd();
+        // SAFETY: fallocate on an open descriptor.
+        let r = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                4096,
+                8192,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: as above.
+        let r = unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 60 * 1024, 8192) };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: lseek on an open descriptor.
+        let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
+        assert_eq!(hole, 68 * 1024);
+        // SAFETY: as above.
+        let data = unsafe { libc::lseek(fd, 100, libc::SEEK_DATA) };
+        assert_eq!(data, 100);
+        drop(f);
+        let d = std::fs::read(m.p("data")).unwrap();
+        assert_eq!(d.len(), 68 * 1024);
+        assert!(d[..4096].iter().all(|b| *b == 0xab));
+        assert!(d[4096..12288].iter().all(|b| *b == 0));
+        assert!(d[12288..60 * 1024].iter().all(|b| *b == 0xab));
+        assert!(d[60 * 1024..].iter().all(|b| *b == 0));
+    }
+
+    // Removal.
+    std::fs::remove_dir_all(m.p("d")).unwrap();
+    assert_eq!(std::fs::metadata(m.p("a")).unwrap().nlink(), 1);
+
+    // Read-only mount.
+    m.unmount();
+    let ro = Mount::new(&pool, &["-o", "ro"]);
+    assert_eq!(std::fs::read(ro.p("a")).unwrap(), b"hello\0\0\0");
+    assert_eq!(errno_of(std::fs::write(ro.p("new"), b"x")), libc::EROFS);
+}
+
+#[test]
+fn images_appear_read_only() {
+    let pool = replica3();
+    let addr = pool.addr(0);
+    let sec = pool.secret.to_str().unwrap().to_string();
+    ok(run(&[
+        "image",
+        "create",
+        "disk0",
+        "1M",
+        "--volume",
+        "fs",
+        "--pool",
+        &addr,
+        "--secret-file",
+        &sec,
+    ]));
+    let m = Mount::new(&pool, &[]);
+    let md = std::fs::metadata(m.p("images/disk0")).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o777), (1 << 20, 0o444));
+    let d = std::fs::read(m.p("images/disk0")).unwrap();
+    assert!(d.len() == 1 << 20 && d.iter().all(|b| *b == 0));
+    assert_eq!(
+        errno_of(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(m.p("images/disk0"))
+        ),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(std::fs::write(m.p("images/new"), b"")),
+        libc::EROFS
+    );
+}
+
+#[test]
+fn two_mounts_see_each_others_changes() {
+    let pool = replica3();
+    let a = Mount::new(&pool, &[]);
+    let b = Mount::new(&pool, &[]);
+
+    // A file written and closed in A is seen whole in B.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(a.p("f"), &data).unwrap();
+    assert_eq!(std::fs::read(b.p("f")).unwrap(), data);
+
+    // Close-to-open: B has the file cached; A rewrites it (shorter and
+    // different); B's next open sees the new contents, never the old.
+    for round in 0..5u8 {
+        let mut fb = std::fs::File::open(b.p("f")).unwrap();
+        let mut old = Vec::new();
+        fb.read_to_end(&mut old).unwrap();
+        drop(fb);
+        let new = vec![round; 1000 + round as usize * 7];
+        std::fs::write(a.p("f"), &new).unwrap();
+        assert_eq!(std::fs::read(b.p("f")).unwrap(), new, "round {round}");
+        assert_eq!(std::fs::metadata(b.p("f")).unwrap().len(), new.len() as u64);
+    }
+
+    // A rename in A is seen in B (callbacks break B's cached names).
+    std::fs::create_dir(a.p("dir")).unwrap();
+    std::fs::write(a.p("dir/x"), b"x").unwrap();
+    assert_eq!(std::fs::read(b.p("dir/x")).unwrap(), b"x");
+    std::fs::rename(a.p("dir/x"), a.p("y")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || !b.p("dir/x").exists()
+            && std::fs::read(b.p("y")).ok().as_deref() == Some(b"x")),
+        "B still sees the old name"
+    );
+    // And a removal in B is seen in A.
+    std::fs::remove_file(b.p("y")).unwrap();
+    assert!(eventually(Duration::from_secs(10), || !a.p("y").exists()));
+    // Attributes changed in B are seen by A's stat.
+    std::fs::set_permissions(b.p("f"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || std::fs::metadata(
+        a.p("f")
+    )
+    .unwrap()
+    .mode()
+        & 0o777
+        == 0o600));
+}
+
+#[test]
+fn disk_cache_keeps_whole_files_within_its_limit() {
+    let pool = replica3();
+    let a = Mount::new(&pool, &["--cache-size", "1M"]);
+    let b = Mount::new(&pool, &[]);
+    let file = |i: u8| vec![i; 400 * 1024];
+    for i in 0..3u8 {
+        std::fs::write(b.p(&format!("f{i}")), file(i)).unwrap();
+    }
+    // Each read fetches the whole file into A's cache; the third evicts
+    // the least recently used (f0).
+    for i in 0..3u8 {
+        assert_eq!(std::fs::read(a.p(&format!("f{i}"))).unwrap(), file(i));
+    }
+    let held = a.cached_files();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(held.iter().map(|(_, n)| n).sum::<u64>() <= 1 << 20);
+    // Read again from the cache: same bytes.
+    assert_eq!(std::fs::read(a.p("f2")).unwrap(), file(2));
+    // A file open for reading sees what another handle of the same mount
+    // wrote and closed after it was opened (as on a local file system).
+    let mut r = std::fs::File::open(a.p("f1")).unwrap();
+    std::fs::write(a.p("f1"), vec![7u8; 2000]).unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).unwrap();
+    assert_eq!(got, vec![7u8; 2000]);
+    drop(r);
+    // B changes f2: A's copy is for an older inode version and is not
+    // served (close-to-open), the new one replaces it.
+    std::fs::write(b.p("f2"), vec![9u8; 1000]).unwrap();
+    assert_eq!(std::fs::read(a.p("f2")).unwrap(), vec![9u8; 1000]);
+    let held = a.cached_files();
+    assert!(held.iter().any(|(_, n)| *n == 1000), "{held:?}");
+}
+
+/// A brick SIGKILLed while the mount is in use: writes, creates, renames
+/// and reads go on with the other two (quorum 2 of 3); the brick comes
+/// back, heal brings it in step, and a fresh mount reads everything.
+#[test]
+fn mount_survives_a_brick_sigkilled_and_restarted() {
+    let mut pool = replica3();
+    let m = Mount::new(&pool, &[]);
+    let body = |i: u32| format!("file {i} ").repeat(1000 + i as usize).into_bytes();
+    for i in 0..20 {
+        std::fs::write(m.p(&format!("a{i}")), body(i)).unwrap();
+    }
+    let addr = pool.addr(1);
+    pool.bricks[1].take().expect("brick 1").kill9();
+    for i in 20..40 {
+        std::fs::write(m.p(&format!("a{i}")), body(i)).unwrap();
+        std::fs::rename(m.p(&format!("a{}", i - 20)), m.p(&format!("b{}", i - 20))).unwrap();
+    }
+    for i in 0..20 {
+        assert_eq!(std::fs::read(m.p(&format!("b{i}"))).unwrap(), body(i));
+    }
+    pool.bricks[1] = Some(BrickProcess::start(&pool.dirs[1], &addr));
+    let healed = ok(pool.volume(0, &["heal", "fs"]));
+    assert!(healed.contains("healed"), "{healed}");
+    drop(m);
+    let m2 = Mount::new(&pool, &[]);
+    for i in 0..20 {
+        assert_eq!(std::fs::read(m2.p(&format!("b{i}"))).unwrap(), body(i));
+        assert_eq!(
+            std::fs::read(m2.p(&format!("a{}", i + 20))).unwrap(),
+            body(i + 20)
+        );
+    }
+    let info = ok(pool.volume(0, &["heal", "fs", "info"]));
+    assert_eq!(info.matches("backlog 0 commits").count(), 3, "{info}");
+}
+
+fn fio(dir: &Path, name: &str, engine: &str, direct: bool) {
+    let out = Command::new("fio")
+        .arg(format!("--name={name}"))
+        .arg(format!("--directory={}", dir.display()))
+        .arg(format!("--ioengine={engine}"))
+        .arg(format!("--direct={}", direct as u8))
+        .args([
+            "--rw=randwrite",
+            "--bs=4k,64k",
+            "--bsrange=4k-64k",
+            "--size=8M",
+            "--iodepth=8",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--randrepeat=1",
+            "--output-format=terse",
+        ])
+        .output()
+        .expect("run fio");
+    assert!(
+        out.status.success(),
+        "fio {engine} direct={direct} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn fio_write_and_verify() {
+    let pool = replica3();
+    let m = Mount::new(&pool, &[]);
+    for (engine, direct) in [
+        ("psync", true),
+        ("psync", false),
+        ("io_uring", true),
+        ("io_uring", false),
+    ] {
+        fio(
+            &m.path,
+            &format!("{engine}{}", direct as u8),
+            engine,
+            direct,
+        );
+    }
+}
+
+fn sha_all(root: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f -print0 | sort -z | xargs -0 sha256sum")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn untar_checksum_remount_verify_remove() {
+    let pool = replica3();
+    let src = Path::new("/usr/share/doc");
+    // A few hundred files with symlinks: packages whose names start a-d.
+    let mut pick: Vec<String> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.as_bytes()[0].is_ascii_lowercase() && n.as_bytes()[0] <= b'd')
+        .collect();
+    pick.sort();
+    assert!(!pick.is_empty());
+    let tmp = tempfile::tempdir().unwrap();
+    let tarball = tmp.path().join("doc.tar");
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(src)
+        .args(&pick)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let reference = tmp.path().join("ref");
+    std::fs::create_dir(&reference).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&reference)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let want = sha_all(&reference);
+    assert!(want.lines().count() > 50);
+
+    let mut m = Mount::new(&pool, &[]);
+    std::fs::create_dir(m.p("doc")).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(m.p("doc"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(sha_all(&m.p("doc")), want);
+    m.unmount();
+
+    // A new mount with an empty cache directory.
+    let m2 = Mount::new(&pool, &[]);
+    assert_eq!(sha_all(&m2.p("doc")), want);
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&reference)
+        .arg(m2.p("doc"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "{}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    std::fs::remove_dir_all(m2.p("doc")).unwrap();
+    assert!(!m2.p("doc").exists());
+    assert_eq!(std::fs::read_dir(&m2.path).unwrap().count(), 1); // images
+}
+
+#[test]
+fn mount_errors_are_one_line() {
+    let pool = replica3();
+    let addr = pool.addr(0);
+    let sec = pool.secret.to_str().unwrap().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let missing = tmp.path().join("missing");
+    let dir = tmp.path().to_str().unwrap().to_string();
+    for (vol, mp, needle) in [
+        ("nosuch", dir.as_str(), "no volume named nosuch"),
+        ("fs", missing.to_str().unwrap(), "does not exist"),
+        ("fs", file.to_str().unwrap(), "is not a directory"),
+    ] {
+        let out = run(&["mount", vol, mp, "--pool", &addr, "--secret-file", &sec]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    let out = run(&["umount", &dir]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Stretto mount"));
+}
