@@ -262,10 +262,22 @@ fn fsx_three_seeds_with_a_brick_sigkilled_and_restarted_mid_run() {
     let mount = Mount::start(&pool, 0, "fs", &point);
 
     let mut runners = Vec::new();
-    for (n, seed) in [1u64, 2, 3].into_iter().enumerate() {
-        // Seed 1 kills brick 2, seed 2 brick 1, seed 3 brick 0 (the one the
-        // mount was given with --pool).
-        let victim = 2 - n;
+    // Seeds 1, 2, 3; `STRETTO_FSX_SEEDS=4,5,6,...` runs others (soak runs).
+    let seeds: Vec<u64> = match std::env::var("STRETTO_FSX_SEEDS") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("STRETTO_FSX_SEEDS: numbers, comma-separated")
+            })
+            .collect(),
+        Err(_) => vec![1, 2, 3],
+    };
+    for (n, seed) in seeds.into_iter().enumerate() {
+        // The first seed kills brick 2, the second brick 1, the third brick 0
+        // (the one the mount was given with --pool), and so on round.
+        let victim = 2 - n % 3;
         let dir = point.join(format!("fsx-seed{seed}"));
         std::fs::create_dir(&dir).unwrap();
         let cfg = Config {
