@@ -51,6 +51,12 @@ install_deps() {
     for tool in qemu-img qemu-io nbdinfo fio; do
         command -v "$tool" >/dev/null || { echo "test.sh: $tool is missing after the install step" >&2; exit 1; }
     done
+    # pjdfstest (POSIX conformance of the FUSE mount, tests/fuse_conformance.rs),
+    # into ~/.cargo/bin where the test looks for it.
+    if ! command -v pjdfstest >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/pjdfstest" ]; then
+        log "installing pjdfstest"
+        cargo install pjdfstest --locked
+    fi
     for comp in rustfmt clippy; do
         if ! rustup component list --installed 2>/dev/null | grep -q "^$comp"; then
             log "installing rust component $comp"
