@@ -22,9 +22,9 @@ use crate::procs::{self, Bricks};
 
 const MIB: u64 = 1 << 20;
 
-/// The cells the extra columns (buffered peers, null ceiling) run in quick
-/// mode: QD32 only.
-const EXTRA_QUICK: &[(&str, u32)] = &[
+/// The cells the extra columns (nbd-server, buffered peers, null ceiling)
+/// run: QD32 only.
+const EXTRA_CELLS: &[(&str, u32)] = &[
     ("write", 32),
     ("read", 32),
     ("randwrite", 32),
@@ -37,9 +37,9 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     procs::need("nbdkit", "nbdkit")?;
     procs::need("qemu-nbd", "qemu-utils")?;
     procs::need("nbd-server", "nbd-server")?;
-    // Full: 8 targets × 8 cells; the first four 3 times, the others once
-    // = 128 cells of ≈ 6.5 s (1 s ramp + 5 s + fio's start) ≈ 14 min, plus
-    // seven 1 GiB layouts. 1 s + 10 s cells would take ≈ 26 min for this
+    // Full: the first four targets × 8 cells × 3 repetitions, the other four
+    // × 4 QD32 cells × 1 = 112 cells of ≈ 6.5 s (1 s ramp + 5 s + fio's
+    // start) ≈ 12 min, plus seven 1 GiB layouts. 1 s + 10 s cells would take ≈ 26 min for this
     // section alone, nearly the whole run's 30.
     let (size, reps, ramp, secs) = if quick {
         (256 * MIB, 1, 0, 1)
@@ -49,12 +49,12 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let root = dir.join("nbd-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let r = run_in(&root, quick, size, reps, ramp, secs);
+    let r = run_in(&root, size, reps, ramp, secs);
     let _ = std::fs::remove_dir_all(&root);
     r
 }
 
-fn run_in(root: &Path, quick: bool, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<()> {
+fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<()> {
     // Bricks 0..3: the replica-3 volume; brick 3: the single-brick volume.
     let mut bricks = Bricks::start(&root.join("pool"), 4)?;
     let rep: [usize; 3] = [0, 1, 2];
@@ -125,9 +125,9 @@ fn run_in(root: &Path, quick: bool, size: u64, reps: usize, ramp: u32, secs: u32
         target: Target::Nbd(url),
         pids,
         // The like-with-like columns get every cell and every repetition;
-        // the buffered peers and the ceiling get one repetition, and only
-        // the QD32 cells in quick mode (each run must fit in its time).
-        only: (extra && quick).then_some(EXTRA_QUICK),
+        // nbd-server, the buffered peers and the ceiling get one repetition
+        // of the QD32 cells (the full run must fit in 30 minutes).
+        only: extra.then_some(EXTRA_CELLS),
         laid_out: false,
         reps: extra.then_some(1),
     };
@@ -185,13 +185,8 @@ fn run_in(root: &Path, quick: bool, size: u64, reps: usize, ramp: u32, secs: u32
     targets[7].laid_out = true;
 
     println!(
-        "\n## NBD export vs nbdkit, qemu-nbd and nbd-server (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps} for the first four columns, 1 run for the others{})\n",
-        size / MIB,
-        if quick {
-            ", which run QD32 only"
-        } else {
-            ""
-        }
+        "\n## NBD export vs nbdkit, qemu-nbd and nbd-server (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps} for the first four columns, 1 run of the QD32 cells for the others)\n",
+        size / MIB
     );
     println!(
         "Modes: **O_DIRECT / no page cache**: Stretto bricks (always O_DIRECT; Stretto has no \
