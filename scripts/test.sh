@@ -13,7 +13,8 @@ APT_PACKAGES=(
     e2fsprogs   # mkfs/e2fsck for file-system checks
     fio         # object-store and NBD comparisons in bench/
     fuse3       # fusermount3 for the nbdfuse ext4 test and stretto mount
-    nbdkit      # NBD peer in bench/ (stretto-bench nbd)
+    nbdkit      # NBD peer in bench/ (stretto-bench nbd: file and null plugins)
+    nbd-server  # NBD peer in bench/ (stretto-bench nbd)
     libnbd-bin  # nbdinfo, nbdcopy, nbdsh, nbdfuse (NBD real-client tests)
     python3-libnbd # nbdsh's python module
     qemu-utils  # qemu-img, qemu-io (NBD real-client tests)

@@ -354,6 +354,7 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
             pids: s_pids,
             only: None,
             laid_out: false,
+            reps: None,
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
@@ -361,6 +362,7 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
             pids: [g.brick_pids("rep3"), vec![g_fuse]].concat(),
             only: None,
             laid_out: false,
+            reps: None,
         },
     ];
     let figures = matrix::run(&targets, t)?;

@@ -469,6 +469,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: [s_pids.clone(), vec![nbd_rep.pid()]].concat(),
             only: None,
             laid_out: false,
+            reps: None,
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
@@ -476,6 +477,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: [g_rep.clone(), vec![fuse_rep]].concat(),
             only: None,
             laid_out: false,
+            reps: None,
         },
         Bench {
             name: "GlusterFS replica 3 (gfapi)".into(),
@@ -486,6 +488,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: g_rep,
             only: quick.then_some(GFAPI_QUICK),
             laid_out: true,
+            reps: None,
         },
         Bench {
             name: "stretto disperse 2+1 (NBD)".into(),
@@ -493,6 +496,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: [s_pids, vec![nbd_ec.pid()]].concat(),
             only: None,
             laid_out: false,
+            reps: None,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (FUSE)".into(),
@@ -500,6 +504,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: [g_ec.clone(), vec![fuse_ec]].concat(),
             only: None,
             laid_out: false,
+            reps: None,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (gfapi)".into(),
@@ -510,6 +515,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             pids: g_ec,
             only: quick.then_some(GFAPI_QUICK),
             laid_out: true,
+            reps: None,
         },
     ];
     let figures = matrix::run(&targets, t)?;

@@ -69,8 +69,12 @@ pub struct Bench {
     /// Run only these cells, as (fio pattern, QD); the others print "–".
     /// `None`: every cell.
     pub only: Option<&'static [(&'static str, u32)]>,
-    /// Already laid out (shares its data with an earlier target).
+    /// Already laid out (shares its data with an earlier target, or has
+    /// no data to lay out).
     pub laid_out: bool,
+    /// Run at most this many repetitions (the others skip it); `None`: all
+    /// of `Timing::reps`.
+    pub reps: Option<usize>,
 }
 
 /// Run lengths.
@@ -108,11 +112,13 @@ pub fn run(targets: &[Bench], t: Timing) -> Result<Figures> {
         );
     }
     let mut figures = vec![vec![vec![Vec::new(); targets.len()]; QDS.len()]; WORKLOADS.len()];
-    for _ in 0..t.reps {
+    for rep in 0..t.reps {
         for (w, wl) in WORKLOADS.iter().enumerate() {
             for (q, &qd) in QDS.iter().enumerate() {
                 for (i, b) in targets.iter().enumerate() {
-                    if b.only.is_some_and(|o| !o.contains(&(wl.rw, qd))) {
+                    if b.only.is_some_and(|o| !o.contains(&(wl.rw, qd)))
+                        || b.reps.is_some_and(|n| rep >= n)
+                    {
                         continue;
                     }
                     let cpu0 = procs::cpu_seconds(&b.pids);

@@ -1,7 +1,9 @@
 //! NBD export throughput: Stretto's `stretto nbd serve` over a single-brick
 //! volume and over a replica-3 volume, next to nbdkit's file plugin and
-//! qemu-nbd on a file in the same file system, all driven by fio's nbd
-//! engine in the same run.
+//! qemu-nbd on a file in the same file system (like with like: O_DIRECT /
+//! no page cache), then nbd-server and the peers' buffered defaults (page
+//! cache; Stretto has no buffered brick mode), and nbdkit's null plugin as
+//! the protocol ceiling, all driven by fio's nbd engine in the same run.
 //!
 //! Everything runs as real processes on loopback: `stretto brick serve` ×4
 //! (bricks always use O_DIRECT), `stretto volume create/start`, `stretto
@@ -20,15 +22,29 @@ use crate::procs::{self, Bricks};
 
 const MIB: u64 = 1 << 20;
 
+/// The cells the extra columns (nbd-server, buffered peers, null ceiling)
+/// run: QD32 only.
+const EXTRA_CELLS: &[(&str, u32)] = &[
+    ("write", 32),
+    ("read", 32),
+    ("randwrite", 32),
+    ("randread", 32),
+];
+
 /// Runs the NBD benchmark in `dir` and prints a table per workload.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
     procs::need("fio", "fio")?;
     procs::need("nbdkit", "nbdkit")?;
     procs::need("qemu-nbd", "qemu-utils")?;
+    procs::need("nbd-server", "nbd-server")?;
+    // Full: the first four targets × 8 cells × 3 repetitions, the other four
+    // × 4 QD32 cells × 1 = 112 cells of ≈ 6.5 s (1 s ramp + 5 s + fio's
+    // start) ≈ 12 min, plus seven 1 GiB layouts. 1 s + 10 s cells would take ≈ 26 min for this
+    // section alone, nearly the whole run's 30.
     let (size, reps, ramp, secs) = if quick {
         (256 * MIB, 1, 0, 1)
     } else {
-        (2048 * MIB, 3, 2, 10)
+        (1024 * MIB, 3, 1, 5)
     };
     let root = dir.join("nbd-bench");
     let _ = std::fs::remove_dir_all(&root);
@@ -58,61 +74,134 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
     let (mut nbd_rep, rep_addr) = bricks.nbd_serve(&rep, "rep3")?;
     let (mut nbd_single, single_addr) = bricks.nbd_serve(&single, "single")?;
 
-    let peer_file = root.join("peer-nbdkit.raw");
-    let qemu_file = root.join("peer-qemu.raw");
-    for f in [&peer_file, &qemu_file] {
-        std::fs::File::create(f)
+    // One file per peer server, all in `root` (the same file system as the
+    // bricks), so no peer reads pages another one left in the cache.
+    let file = |name: &str| -> Result<std::path::PathBuf> {
+        let f = root.join(name);
+        std::fs::File::create(&f)
             .and_then(|h| h.set_len(size))
             .with_context(|| format!("create {}", f.display()))?;
-    }
+        Ok(f)
+    };
+    let log = |name: &str| root.join(name);
     let kit_port = procs::free_port()?;
-    let mut nbdkit = procs::nbdkit_file(&peer_file, kit_port, &root.join("nbdkit.log"))?;
+    let mut nbdkit = procs::nbdkit_file(
+        &file("peer-nbdkit.raw")?,
+        true,
+        kit_port,
+        &log("nbdkit.log"),
+    )?;
     let qemu_port = procs::free_port()?;
-    let mut qemu = procs::qemu_nbd(&qemu_file, qemu_port, "disk", &root.join("qemu-nbd.log"))?;
+    let mut qemu = procs::qemu_nbd(
+        &file("peer-qemu.raw")?,
+        true,
+        qemu_port,
+        "disk",
+        &log("qemu-nbd.log"),
+    )?;
+    let nbds_port = procs::free_port()?;
+    let mut nbds = procs::nbd_server(&file("peer-nbd-server.raw")?, nbds_port, "disk", root)?;
+    let kitb_port = procs::free_port()?;
+    let mut nbdkit_buf = procs::nbdkit_file(
+        &file("peer-nbdkit-buffered.raw")?,
+        false,
+        kitb_port,
+        &log("nbdkit-buffered.log"),
+    )?;
+    let qemub_port = procs::free_port()?;
+    let mut qemu_buf = procs::qemu_nbd(
+        &file("peer-qemu-buffered.raw")?,
+        false,
+        qemub_port,
+        "disk",
+        &log("qemu-nbd-buffered.log"),
+    )?;
+    let null_port = procs::free_port()?;
+    let mut null = procs::nbdkit_null(size, null_port, &log("nbdkit-null.log"))?;
 
     let (br, bs) = (bricks.pids(&rep), bricks.pids(&single));
-    let targets = [
-        Bench {
-            name: "stretto single".into(),
-            target: Target::Nbd(format!("nbd://{single_addr}/disk")),
-            pids: [bs, vec![nbd_single.pid()]].concat(),
-            only: None,
-            laid_out: false,
-        },
-        Bench {
-            name: "stretto replica-3".into(),
-            target: Target::Nbd(format!("nbd://{rep_addr}/disk")),
-            pids: [br, vec![nbd_rep.pid()]].concat(),
-            only: None,
-            laid_out: false,
-        },
-        Bench {
-            name: "nbdkit file".into(),
-            target: Target::Nbd(format!("nbd://127.0.0.1:{kit_port}/")),
-            pids: vec![nbdkit.pid()],
-            only: None,
-            laid_out: false,
-        },
-        Bench {
-            name: "qemu-nbd".into(),
-            target: Target::Nbd(format!("nbd://127.0.0.1:{qemu_port}/disk")),
-            pids: vec![qemu.pid()],
-            only: None,
-            laid_out: false,
-        },
+    let bench = |name: &str, url: String, pids: Vec<u32>, extra: bool| Bench {
+        name: name.into(),
+        target: Target::Nbd(url),
+        pids,
+        // The like-with-like columns get every cell and every repetition;
+        // nbd-server, the buffered peers and the ceiling get one repetition
+        // of the QD32 cells (the full run must fit in 30 minutes).
+        only: extra.then_some(EXTRA_CELLS),
+        laid_out: false,
+        reps: extra.then_some(1),
+    };
+    let mut targets = vec![
+        bench(
+            "stretto single",
+            format!("nbd://{single_addr}/disk"),
+            [bs, vec![nbd_single.pid()]].concat(),
+            false,
+        ),
+        bench(
+            "stretto replica-3",
+            format!("nbd://{rep_addr}/disk"),
+            [br, vec![nbd_rep.pid()]].concat(),
+            false,
+        ),
+        bench(
+            "nbdkit file cache=none",
+            format!("nbd://127.0.0.1:{kit_port}/"),
+            vec![nbdkit.pid()],
+            false,
+        ),
+        bench(
+            "qemu-nbd cache=none",
+            format!("nbd://127.0.0.1:{qemu_port}/disk"),
+            vec![qemu.pid()],
+            false,
+        ),
+        bench(
+            "nbd-server (buffered, page cache)",
+            format!("nbd://127.0.0.1:{nbds_port}/disk"),
+            vec![nbds.pid()],
+            true,
+        ),
+        bench(
+            "nbdkit file (buffered, page cache)",
+            format!("nbd://127.0.0.1:{kitb_port}/"),
+            vec![nbdkit_buf.pid()],
+            true,
+        ),
+        bench(
+            "qemu-nbd (buffered, page cache)",
+            format!("nbd://127.0.0.1:{qemub_port}/disk"),
+            vec![qemu_buf.pid()],
+            true,
+        ),
+        bench(
+            "nbdkit null (ceiling: reads zeros, writes discarded)",
+            format!("nbd://127.0.0.1:{null_port}/"),
+            vec![null.pid()],
+            true,
+        ),
     ];
+    // Nothing to lay out behind the null plugin.
+    targets[7].laid_out = true;
 
     println!(
-        "\n## NBD export vs nbdkit and qemu-nbd (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps})\n",
+        "\n## NBD export vs nbdkit, qemu-nbd and nbd-server (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps} for the first four columns, 1 run of the QD32 cells for the others)\n",
         size / MIB
     );
     println!(
-        "Modes: Stretto bricks use O_DIRECT (replica-3 = three brick processes, single = a \
-         `distribute` volume of one brick); nbdkit `file cache=none` (page cache kept out by \
-         posix_fadvise, not O_DIRECT); qemu-nbd `--cache=none --aio=io_uring -e 8` (O_DIRECT). \
-         All files on the same file system; every target laid out by one sequential pass first. \
-         One fio job, one NBD connection per cell. Server CPU: bricks + `nbd serve` for Stretto, \
-         the server process for the peers.{}",
+        "Modes: **O_DIRECT / no page cache**: Stretto bricks (always O_DIRECT; Stretto has no \
+         buffered brick mode; replica-3 = three brick processes, single = a `distribute` volume \
+         of one brick), nbdkit `file cache=none` (page cache kept out by posix_fadvise, not \
+         O_DIRECT), qemu-nbd `--cache=none --aio=io_uring -e 8` (O_DIRECT). **Buffered (page \
+         cache)**: nbd-server 3.24 (no O_DIRECT option exists; `sync`, an fsync after every \
+         write, off as by default; own config file, daemonized, stopped by the PID in its pid \
+         file), nbdkit `file` (default cache), qemu-nbd defaults (`--cache=writeback \
+         --aio=threads`); the {} MiB data sets fit in the page cache, which favours these rows. \
+         **Ceiling**: nbdkit `null` (no storage: reads return zeros, writes are discarded). \
+         All files on the same file system; every target but null laid out by one sequential \
+         pass first. One fio job, one NBD connection per cell. Server CPU: bricks + `nbd serve` \
+         for Stretto, the server process (and its per-connection children) for the peers.{}",
+        size / MIB,
         if procs::pinned() {
             " Servers pinned to CPU 1, fio to CPU 0."
         } else {
@@ -139,6 +228,8 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
             col(0, 3, "single/qemu-nbd"),
             col(1, 2, "replica-3/nbdkit"),
             col(1, 3, "replica-3/qemu-nbd"),
+            col(0, 4, "single/nbd-server (buffered)"),
+            col(0, 7, "single/null ceiling"),
         ],
     );
 
@@ -148,6 +239,10 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
     nbd_rep.stop();
     nbdkit.stop();
     qemu.stop();
+    nbds.stop();
+    nbdkit_buf.stop();
+    qemu_buf.stop();
+    null.stop();
     bricks.stop();
     Ok(())
 }

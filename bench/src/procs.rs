@@ -1,6 +1,6 @@
 //! Real processes for the cluster benchmarks: `stretto brick serve` ×N,
 //! `stretto volume …`/`stretto image …` one-shot commands, `stretto nbd
-//! serve`, and the peers (nbdkit, qemu-nbd). Every process started here is
+//! serve`, and the peers (nbdkit, qemu-nbd, nbd-server). Every process started here is
 //! stopped by its own PID when its handle drops (SIGTERM, then SIGKILL if it
 //! does not exit within a few seconds), never by name.
 
@@ -72,27 +72,60 @@ pub fn server_command(program: impl AsRef<OsStr>) -> Command {
 }
 
 /// User + system CPU seconds used so far by the processes `pids` (all their
-/// threads; from `/proc/PID/stat`). A process that is gone counts 0.
+/// threads; from `/proc/PID/stat`), including their children: the ones
+/// already reaped (cutime + cstime) and the ones still there (read through
+/// `/proc/PID/task/*/children`), so a server that forks one process per
+/// connection (nbd-server) is counted whole. A process that is gone counts 0.
 pub fn cpu_seconds(pids: &[u32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as f64 } else { 100.0 };
     let mut ticks = 0u64;
-    for pid in pids {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name (which may hold spaces) in
-        // parentheses: state is field 3, utime 14, stime 15.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        for i in [11, 12] {
-            ticks += f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    for &pid in pids {
+        // The parent first (its reaped children are in cutime/cstime),
+        // then the live ones: a child reaped in between is missed rather
+        // than counted twice.
+        ticks += stat_ticks(pid);
+        for child in children(pid) {
+            ticks += stat_ticks(child);
         }
     }
     ticks as f64 / hz
+}
+
+/// utime + stime + cutime + cstime of `pid` in clock ticks (0 if gone).
+fn stat_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) in
+    // parentheses: state is field 3, utime 14, stime 15, cutime 16,
+    // cstime 17.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    [11, 12, 13, 14]
+        .iter()
+        .map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .sum()
+}
+
+/// The child processes of `pid` (of all its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if let Ok(list) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
 }
 
 /// A free loopback port (bound then released: a tiny race with other
@@ -424,28 +457,49 @@ impl Drop for Bricks {
     }
 }
 
-/// `nbdkit --foreground file FILE cache=none` on loopback `port`.
-pub fn nbdkit_file(file: &Path, port: u16, log: &Path) -> Result<Proc> {
+/// `nbdkit --foreground file FILE cache=none` on loopback `port`; with
+/// `direct` false, `file FILE` with the plugin's default cache (the page
+/// cache).
+pub fn nbdkit_file(file: &Path, direct: bool, port: u16, log: &Path) -> Result<Proc> {
     need("nbdkit", "nbdkit")?;
     let mut cmd = server_command("nbdkit");
     cmd.args(["--foreground", "--ipaddr", "127.0.0.1", "--port"])
         .arg(port.to_string())
         .arg("file")
-        .arg(file)
-        .arg("cache=none");
+        .arg(file);
+    if direct {
+        cmd.arg("cache=none");
+    }
     let mut p = Proc::spawn("nbdkit", cmd, log)?;
     p.wait_port(port)?;
     Ok(p)
 }
 
-/// `qemu-nbd --cache=none --aio=io_uring -e 8 -f raw FILE`, persistent, on
-/// loopback `port`, export name `export`.
-pub fn qemu_nbd(file: &Path, port: u16, export: &str, log: &Path) -> Result<Proc> {
+/// `nbdkit --foreground null SIZE` on loopback `port`: the protocol
+/// ceiling (reads return zeros, writes are discarded, no storage).
+pub fn nbdkit_null(size: u64, port: u16, log: &Path) -> Result<Proc> {
+    need("nbdkit", "nbdkit")?;
+    let mut cmd = server_command("nbdkit");
+    cmd.args(["--foreground", "--ipaddr", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("null")
+        .arg(size.to_string());
+    let mut p = Proc::spawn("nbdkit null", cmd, log)?;
+    p.wait_port(port)?;
+    Ok(p)
+}
+
+/// `qemu-nbd --cache=none --aio=io_uring -e 8 -f raw FILE` (O_DIRECT), or
+/// with `direct` false qemu-nbd's defaults (`--cache=writeback
+/// --aio=threads`: the page cache), persistent, on loopback `port`, export
+/// name `export`.
+pub fn qemu_nbd(file: &Path, direct: bool, port: u16, export: &str, log: &Path) -> Result<Proc> {
     need("qemu-nbd", "qemu-utils")?;
     let mut cmd = server_command("qemu-nbd");
+    if direct {
+        cmd.args(["--cache=none", "--aio=io_uring"]);
+    }
     cmd.args([
-        "--cache=none",
-        "--aio=io_uring",
         "-e",
         "8",
         "-f",
@@ -461,6 +515,137 @@ pub fn qemu_nbd(file: &Path, port: u16, export: &str, log: &Path) -> Result<Proc
     let mut p = Proc::spawn("qemu-nbd", cmd, log)?;
     p.wait_port(port)?;
     Ok(p)
+}
+
+/// A server that daemonizes itself (nbd-server cannot serve more than one
+/// connection without forking away from its parent): known by the PID it
+/// writes to its pid file, stopped by that PID when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    /// The expected `/proc/PID/comm`, checked before every signal.
+    comm: String,
+    pid: u32,
+}
+
+impl Daemon {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Is `pid` still our process (same command name, not a zombie)?
+    fn alive(&self) -> bool {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.pid)).unwrap_or_default();
+        if comm.trim() != self.comm {
+            return false;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("");
+        state != "Z" && !state.is_empty()
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s (by PID, after checking it is
+    /// still the daemon's).
+    pub fn stop(&mut self) {
+        if self.pid == 0 {
+            return;
+        }
+        for sig in [libc::SIGTERM, libc::SIGKILL] {
+            if !self.alive() {
+                break;
+            }
+            // SAFETY: kill(2) on a PID just checked to be our daemon.
+            unsafe {
+                libc::kill(self.pid as libc::pid_t, sig);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if self.alive() {
+            eprintln!("warning: {} (pid {}) did not stop", self.name, self.pid);
+        }
+        self.pid = 0;
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `nbd-server -C CONFIG -p PIDFILE` serving `file` as export `export` on
+/// loopback `port`, with a config file of its own in `dir` (listenaddr
+/// 127.0.0.1; every export option at its default: no `sync`, no `flush`,
+/// no `fua`, no `splice`; nbd-server has no O_DIRECT option, so it goes
+/// through the page cache). It daemonizes (its `-d` serves one connection
+/// and exits), so it is known by its pid file.
+pub fn nbd_server(file: &Path, port: u16, export: &str, dir: &Path) -> Result<Daemon> {
+    need("nbd-server", "nbd-server")?;
+    let config = dir.join("nbd-server.conf");
+    let pidfile = dir.join("nbd-server.pid");
+    let log = dir.join("nbd-server.log");
+    std::fs::write(
+        &config,
+        format!(
+            "[generic]\nlistenaddr = 127.0.0.1\nport = {port}\nallowlist = false\n\n[{export}]\nexportname = {}\n",
+            path_str(file)?
+        ),
+    )
+    .with_context(|| format!("write {}", config.display()))?;
+    let _ = std::fs::remove_file(&pidfile);
+    let mut cmd = server_command("nbd-server");
+    cmd.arg("-C").arg(&config).arg("-p").arg(&pidfile);
+    let mut launcher = Proc::spawn_logged("nbd-server", cmd, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        if let Some(st) = launcher.exited() {
+            if !st.success() {
+                bail!(
+                    "nbd-server exited ({st}); its log:\n{}",
+                    launcher.log_tail()
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nbd-server wrote no pid file within 20 s; its log:\n{}",
+                launcher.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let d = Daemon {
+        name: "nbd-server".into(),
+        comm: "nbd-server".into(),
+        pid,
+    };
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if !d.alive() {
+            bail!(
+                "nbd-server (pid {pid}) exited; its log:\n{}",
+                launcher.log_tail()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("nbd-server did not listen on port {port} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    launcher.stop();
+    Ok(d)
 }
 
 /// A path as UTF-8 (the CLI takes strings).

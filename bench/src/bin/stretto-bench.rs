@@ -17,7 +17,8 @@ enum Which {
     Objects,
     /// Brick requests over TCP loopback vs the same calls in-process.
     Transport,
-    /// NBD exports (single-brick and replica-3 volumes) vs nbdkit and qemu-nbd, via fio's nbd engine.
+    /// NBD exports (single-brick and replica-3 volumes) vs nbdkit (file, null), qemu-nbd and
+    /// nbd-server, via fio's nbd engine.
     /// Needs target/release/stretto next to this binary (`cargo build --release`).
     Nbd,
     /// Erasure coding: encode/reconstruct GB/s, portable and ISA-L backends vs ISA-L called directly;
