@@ -94,6 +94,11 @@ impl Mount {
         self.path.join(rel)
     }
 
+    /// What the mount process logged (at warn: `run` sets `STRETTO_LOG`).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("cache/mount.log")).unwrap_or_default()
+    }
+
     fn unmount(&mut self) {
         if self.mounted {
             ok(run(&["umount", self.path.to_str().unwrap()]));
@@ -472,6 +477,54 @@ fn mount_survives_a_brick_sigkilled_and_restarted() {
     }
     let info = ok(pool.volume(0, &["heal", "fs", "info"]));
     assert_eq!(info.matches("backlog 0 commits").count(), 3, "{info}");
+}
+
+/// Issue 4 under a mount: a brick SIGSTOPped (hung, its connection still
+/// open) is judged down once, after one ping-timeout; the creates and
+/// rewrites after it go on without it (the mount logs that once, not once
+/// per operation, which a brick let back in and timed out again would),
+/// and after SIGCONT it rejoins by itself: the records it missed are
+/// brought in step by the next commits, without a heal.
+#[test]
+fn mount_goes_on_without_a_sigstopped_brick() {
+    let pool = replica3();
+    ok(pool.volume(0, &["set", "fs", "ping-timeout", "5"]));
+    let m = Mount::new(&pool, &[]);
+    for i in 0..5 {
+        std::fs::write(m.p(&format!("pre{i}")), b"before").unwrap();
+    }
+    let stopped = pool.addr(1);
+    pool.bricks[1].as_ref().unwrap().signal(libc::SIGSTOP);
+    for i in 0..40 {
+        std::fs::write(m.p(&format!("f{i}")), format!("file {i}")).unwrap();
+        // An existing file opened for writing again (its lease again).
+        std::fs::write(m.p("pre0"), format!("round {i}")).unwrap();
+    }
+    for i in 0..40 {
+        assert_eq!(
+            std::fs::read_to_string(m.p(&format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+    assert_eq!(std::fs::read_to_string(m.p("pre0")).unwrap(), "round 39");
+    let log = m.log();
+    let judged = log
+        .lines()
+        .filter(|l| l.contains("did not answer within ping-timeout") && l.contains(&stopped))
+        .count();
+    assert_eq!(
+        judged, 1,
+        "the stopped brick was judged down {judged} times:\n{log}"
+    );
+    pool.bricks[1].as_ref().unwrap().signal(libc::SIGCONT);
+    let mut n = 0;
+    let rejoined = eventually(Duration::from_secs(120), || {
+        n += 1;
+        std::fs::write(m.p(&format!("g{n}")), b"after").unwrap();
+        let info = ok(pool.volume(0, &["heal", "fs", "info"]));
+        info.matches("backlog 0 commits").count() == 3
+    });
+    assert!(rejoined, "{}", ok(pool.volume(0, &["heal", "fs", "info"])));
 }
 
 fn fio(dir: &Path, name: &str, engine: &str, direct: bool) {

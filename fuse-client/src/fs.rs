@@ -617,15 +617,15 @@ impl Shared {
             let gate = self.gate(fid);
             let held = gate.lock().await;
             if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-                let removed = lock(&self.writers).remove(&fid);
-                // Ours was the last handle: with this clone gone the map's
-                // is the only one, and the lease is released before the
-                // next open can take it again.
-                drop(w);
-                if let Some(w) = removed.and_then(|w| Arc::try_unwrap(w).ok()) {
-                    if let Err(e) = w.obj.close().await {
-                        tracing::warn!(%fid, error = %e, "lease release failed");
-                    }
+                lock(&self.writers).remove(&fid);
+                // Ours was the last handle: the lease is released before
+                // the next open can take it again (under the gate). Not
+                // through the last clone of the writer: a handler that
+                // answered the kernel may still hold one, and a lease left
+                // behind makes the next open settle every region of the
+                // file, as after a crash.
+                if let Err(e) = w.obj.release().await {
+                    tracing::warn!(%fid, error = %e, "lease release failed");
                 }
             }
             drop(held);

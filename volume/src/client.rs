@@ -358,7 +358,7 @@ impl Client {
             shared: self.shared.clone(),
             fid,
             known_size: Arc::new(AtomicU64::new(u64::MAX)),
-            lease: None,
+            lease: Mutex::new(None),
             settled: 0,
         }
     }
@@ -405,7 +405,10 @@ impl Client {
         })
         .abort_handle();
         let mut o = self.object(fid);
-        o.lease = Some(renew);
+        o.lease = Mutex::new(Some(HeldLease {
+            renew,
+            rt: tokio::runtime::Handle::current(),
+        }));
         o.settled = settled;
         Ok(o)
     }
@@ -606,8 +609,10 @@ pub struct Object {
     fid: Fid,
     /// The size as last seen or grown (`u64::MAX`: not read yet).
     known_size: Arc<AtomicU64>,
-    /// The renewal task of the lease this handle holds.
-    lease: Option<AbortHandle>,
+    /// The lease this handle holds (taken out when it is released, by
+    /// whichever of [`Object::release`], [`Object::close`] or drop comes
+    /// first).
+    lease: Mutex<Option<HeldLease>>,
     /// Regions settled when the lease was taken over.
     settled: usize,
 }
@@ -616,7 +621,7 @@ impl std::fmt::Debug for Object {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Object")
             .field("fid", &self.fid)
-            .field("leased", &self.lease.is_some())
+            .field("leased", &self.leased())
             .finish()
     }
 }
@@ -686,37 +691,73 @@ impl Object {
         Ok(s)
     }
 
-    /// Releases the lease (if held) and closes the handle.
-    pub async fn close(mut self) -> Result<()> {
-        if let Some(r) = self.lease.take() {
-            r.abort();
+    fn take_lease(&self) -> Option<HeldLease> {
+        self.lease.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// Does this handle still hold its lease?
+    pub fn leased(&self) -> bool {
+        self.lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Releases the lease (if still held) through a shared handle: a
+    /// writer shared by several users (a file open more than once) gives
+    /// it up when the last of them is done, even if a clone of the handle
+    /// is still being dropped elsewhere. Later changes through this handle
+    /// are refused (fenced).
+    pub async fn release(&self) -> Result<()> {
+        if let Some(l) = self.take_lease() {
+            l.renew.abort();
             self.root().lease(self.fid, LeaseAction::Release).await?;
         }
         Ok(())
     }
 
+    /// Releases the lease (if held) and closes the handle.
+    pub async fn close(self) -> Result<()> {
+        self.release().await
+    }
+
     /// Stops renewing the lease without releasing it, as a writer that
     /// crashed would: the lease expires on the bricks and the next holder
     /// settles what this one left active. For tests and fail-over drills.
-    pub fn abandon(mut self) {
-        if let Some(r) = self.lease.take() {
-            r.abort();
+    pub fn abandon(self) {
+        if let Some(l) = self.take_lease() {
+            l.renew.abort();
         }
     }
 }
 
+/// A lease an [`Object`] holds: its renewal task, and the runtime it was
+/// taken on (a handle dropped on a thread outside any runtime still
+/// releases it there).
+struct HeldLease {
+    renew: AbortHandle,
+    rt: tokio::runtime::Handle,
+}
+
 impl Drop for Object {
     fn drop(&mut self) {
-        if let Some(r) = self.lease.take() {
-            r.abort();
-            // Release in the background if a runtime is still there.
-            if let Ok(h) = tokio::runtime::Handle::try_current() {
-                let root = self.root();
-                let fid = self.fid;
-                h.spawn(async move {
-                    let _ = root.lease(fid, LeaseAction::Release).await;
-                });
-            }
+        let held = self
+            .lease
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(l) = held {
+            l.renew.abort();
+            // Released in the background on the runtime the lease was
+            // taken on: the last clone of a shared writer may be dropped
+            // on any thread (a FUSE worker, after its reply), and a lease
+            // left to expire makes the next open settle every region the
+            // file has (as after a crash).
+            let root = self.root();
+            let fid = self.fid;
+            l.rt.spawn(async move {
+                let _ = root.lease(fid, LeaseAction::Release).await;
+            });
         }
     }
 }
