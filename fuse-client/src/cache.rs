@@ -29,6 +29,11 @@ use volume::Fid;
 /// Bytes per cached chunk (the last chunk of a file may be shorter).
 pub const CHUNK: u64 = 1 << 20;
 
+/// The chunk index under which a directory's entries are kept (encoded by
+/// the caller), valid for the directory's inode version: every change of
+/// its entries commits the directory's inode too.
+pub const DIR_ENTRIES: u64 = u64::MAX;
+
 #[derive(Default)]
 struct FileEntry {
     version: u64,
@@ -167,6 +172,16 @@ impl DiskCache {
         }
         g.hits += 1;
         Some(buf)
+    }
+
+    /// All of chunk `idx` of `fid` at `version`, if cached.
+    pub fn read_whole(&self, fid: Fid, version: u64, idx: u64) -> Option<Vec<u8>> {
+        let size = {
+            let g = self.lock();
+            let f = g.files.get(&fid).filter(|f| f.version == version)?;
+            f.chunks.get(&idx)?.0
+        };
+        self.read(fid, version, idx, 0, size)
     }
 
     /// Stores `data` as chunk `idx` of `fid` at `version`, after evicting

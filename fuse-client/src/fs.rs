@@ -127,6 +127,36 @@ pub struct Shared {
     disk: Option<crate::cache::DiskCache>,
 }
 
+/// A directory's entries as kept in the disk cache: per entry the name's
+/// length (u16 LE), the name, the encoded entry's length (u16 LE), the entry.
+fn encode_entries(l: &[(Vec<u8>, Dirent)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, d) in l {
+        let e = d.encode();
+        b.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        b.extend_from_slice(n);
+        b.extend_from_slice(&(e.len() as u16).to_le_bytes());
+        b.extend_from_slice(&e);
+    }
+    b
+}
+
+fn decode_entries(mut b: &[u8]) -> Option<Vec<(Vec<u8>, Dirent)>> {
+    fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as usize;
+        let v = b.get(2..2 + n)?;
+        *b = &b[2 + n..];
+        Some(v)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = take(&mut b)?.to_vec();
+        let d = Dirent::decode(take(&mut b)?).ok()?;
+        out.push((n, d));
+    }
+    Some(out)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -682,6 +712,29 @@ impl Shared {
             Some(w) => *lock(&w.size),
             None => i.size,
         }
+    }
+
+    /// `list_dir` of directory `fid` at inode `version`: from the disk
+    /// cache if it holds the entries of that version, else from the
+    /// bricks, then kept on disk while the directory is still at it.
+    async fn list_dir_at(&self, fid: Fid, version: u64) -> Result<Vec<(Vec<u8>, Dirent)>, Errno> {
+        use crate::cache::DIR_ENTRIES;
+        let disk = self.disk.as_ref().filter(|d| d.enabled() && version != 0);
+        if let Some(b) = disk.and_then(|d| d.read_whole(fid, version, DIR_ENTRIES)) {
+            if let Some(l) = decode_entries(&b) {
+                return Ok(l);
+            }
+        }
+        let g = self.gen.load(Ordering::Acquire);
+        let l = self.list_dir(fid).await?;
+        if let Some(d) = disk {
+            if self.gen.load(Ordering::Acquire) == g && self.current(fid, version) {
+                if let Err(e) = d.put(fid, version, DIR_ENTRIES, &encode_entries(&l)) {
+                    tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
+                }
+            }
+        }
+        Ok(l)
     }
 
     async fn list_dir(&self, fid: Fid) -> Result<Vec<(Vec<u8>, Dirent)>, Errno> {
@@ -1346,11 +1399,11 @@ impl fuser::Filesystem for StrettoFs {
         } else {
             let fid = s.fid(ino);
             s.block(async {
-                let i = s.inode(fid, true).await?;
+                let (version, i) = s.fresh_inode(fid).await?;
                 if i.kind != Kind::Dir {
                     return Err(Errno::ENOTDIR);
                 }
-                let list = s.list_dir(fid).await?;
+                let list = s.list_dir_at(fid, version).await?;
                 let mut v = vec![
                     (b".".to_vec(), ino.0, FileType::Directory),
                     (b"..".to_vec(), ino.0, FileType::Directory),
@@ -1789,5 +1842,30 @@ impl StrettoFs {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_entries_round_trip() {
+        let d = |n: u32, kind| Dirent {
+            fid: Fid {
+                volume: 1,
+                vnode: n,
+                unique: 9,
+            },
+            kind,
+        };
+        let l = vec![
+            (b"a".to_vec(), d(2, Kind::File)),
+            (vec![0xffu8; 255], d(3, Kind::Dir)),
+        ];
+        let b = encode_entries(&l);
+        assert_eq!(decode_entries(&b).unwrap(), l);
+        assert_eq!(decode_entries(&[]).unwrap(), Vec::new());
+        assert!(decode_entries(&b[..b.len() - 1]).is_none());
     }
 }
