@@ -85,9 +85,10 @@ enum Handle {
     File {
         fid: Fid,
         writer: Option<Arc<Writer>>,
-        /// The whole file from the disk cache, its size and the inode
-        /// version it is a copy of, when opened for reading.
-        cached: Option<(Arc<std::fs::File>, u64, u64)>,
+        /// The file's size and inode version at open, when opened for
+        /// reading with a disk cache: reads go through the cache's chunks
+        /// of that version.
+        cached: Option<(u64, u64)>,
     },
     Image {
         fid: Fid,
@@ -124,6 +125,36 @@ pub struct Shared {
     own: Mutex<HashSet<u64>>,
     images: Mutex<Option<(Instant, BTreeMap<String, ImageEntry>)>>,
     disk: Option<crate::cache::DiskCache>,
+}
+
+/// A directory's entries as kept in the disk cache: per entry the name's
+/// length (u16 LE), the name, the encoded entry's length (u16 LE), the entry.
+fn encode_entries(l: &[(Vec<u8>, Dirent)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (n, d) in l {
+        let e = d.encode();
+        b.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        b.extend_from_slice(n);
+        b.extend_from_slice(&(e.len() as u16).to_le_bytes());
+        b.extend_from_slice(&e);
+    }
+    b
+}
+
+fn decode_entries(mut b: &[u8]) -> Option<Vec<(Vec<u8>, Dirent)>> {
+    fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let n = u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as usize;
+        let v = b.get(2..2 + n)?;
+        *b = &b[2 + n..];
+        Some(v)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let n = take(&mut b)?.to_vec();
+        let d = Dirent::decode(take(&mut b)?).ok()?;
+        out.push((n, d));
+    }
+    Some(out)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -252,38 +283,66 @@ impl Shared {
         }
     }
 
-    /// The whole file from the disk cache at `version`, fetched from the
-    /// bricks if the cache has no copy of that version.
-    async fn cached_copy(
+    /// Whether reads of `fid` at `version` (of `size` bytes) may go
+    /// through the disk cache.
+    fn cacheable(&self, fid: Fid, version: u64, size: u64) -> Option<(u64, u64)> {
+        let disk = self.disk.as_ref()?;
+        (version != 0 && disk.enabled() && !lock(&self.writers).contains_key(&fid))
+            .then_some((size, version))
+    }
+
+    /// Whether the inode of `fid` is still at `version` in this mount and
+    /// no writer of this mount has it open (then cached chunks of that
+    /// version hold the file's data).
+    fn current(&self, fid: Fid, version: u64) -> bool {
+        !lock(&self.writers).contains_key(&fid)
+            && lock(&self.attrs).get(&fid).map(|(cv, _)| *cv) == Some(version)
+    }
+
+    /// Bytes `[offset, offset + len)` (within `end`) of `fid` at `version`
+    /// from the disk cache, each chunk missing fetched from the bricks and
+    /// stored while the inode is still at that version.
+    async fn read_cached(
         &self,
         fid: Fid,
         version: u64,
-        size: u64,
-    ) -> Result<Option<(Arc<std::fs::File>, u64, u64)>, Errno> {
-        let Some(disk) = &self.disk else {
-            return Ok(None);
-        };
-        if version == 0 || !disk.wants(size) || lock(&self.writers).contains_key(&fid) {
-            return Ok(None);
-        }
-        if let Some(f) = disk.get(fid, version) {
-            return Ok(Some((f, size, version)));
-        }
-        let obj = self.client.object(fid);
-        let mut data = Vec::with_capacity(size as usize);
-        while (data.len() as u64) < size {
-            let at = data.len() as u64;
-            let n = (size - at).min(volume::xlator::MAX_PIECE);
-            let piece = obj.read(at, n).await.map_err(|e| vol_errno(&e))?;
-            data.extend_from_slice(&piece);
-        }
-        match disk.put(fid, version, &data) {
-            Ok(f) => Ok(Some((f, size, version))),
-            Err(e) => {
-                tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
-                Ok(None)
+        end: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, Errno> {
+        use crate::cache::CHUNK;
+        let disk = self.disk.as_ref().ok_or(Errno::EIO)?;
+        let stop = (offset + len).min(end);
+        let mut out = Vec::with_capacity(stop.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < stop {
+            let idx = at / CHUNK;
+            let base = idx * CHUNK;
+            let n = (stop - at).min(base + CHUNK - at);
+            if let Some(d) = disk.read(fid, version, idx, at - base, n) {
+                out.extend_from_slice(&d);
+                at += n;
+                continue;
             }
+            let g = self.gen.load(Ordering::Acquire);
+            let clen = CHUNK.min(end - base);
+            let mut chunk = self
+                .client
+                .object(fid)
+                .read(base, clen)
+                .await
+                .map_err(|e| vol_errno(&e))?;
+            // Past the object's end (a file grown by truncate): zeros.
+            chunk.resize(clen as usize, 0);
+            if self.gen.load(Ordering::Acquire) == g && self.current(fid, version) {
+                if let Err(e) = disk.put(fid, version, idx, &chunk) {
+                    tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
+                }
+            }
+            out.extend_from_slice(&chunk[(at - base) as usize..(at - base + n) as usize]);
+            at += n;
         }
+        Ok(out)
     }
 
     fn fid(&self, ino: INodeNo) -> Fid {
@@ -653,6 +712,29 @@ impl Shared {
             Some(w) => *lock(&w.size),
             None => i.size,
         }
+    }
+
+    /// `list_dir` of directory `fid` at inode `version`: from the disk
+    /// cache if it holds the entries of that version, else from the
+    /// bricks, then kept on disk while the directory is still at it.
+    async fn list_dir_at(&self, fid: Fid, version: u64) -> Result<Vec<(Vec<u8>, Dirent)>, Errno> {
+        use crate::cache::DIR_ENTRIES;
+        let disk = self.disk.as_ref().filter(|d| d.enabled() && version != 0);
+        if let Some(b) = disk.and_then(|d| d.read_whole(fid, version, DIR_ENTRIES)) {
+            if let Some(l) = decode_entries(&b) {
+                return Ok(l);
+            }
+        }
+        let g = self.gen.load(Ordering::Acquire);
+        let l = self.list_dir(fid).await?;
+        if let Some(d) = disk {
+            if self.gen.load(Ordering::Acquire) == g && self.current(fid, version) {
+                if let Err(e) = d.put(fid, version, DIR_ENTRIES, &encode_entries(&l)) {
+                    tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
+                }
+            }
+        }
+        Ok(l)
     }
 
     async fn list_dir(&self, fid: Fid) -> Result<Vec<(Vec<u8>, Dirent)>, Errno> {
@@ -1111,7 +1193,7 @@ impl fuser::Filesystem for StrettoFs {
             let (writer, cached) = if write {
                 (Some(s.writer_for(fid, i.size).await?), None)
             } else {
-                (None, s.cached_copy(fid, version, i.size).await?)
+                (None, s.cacheable(fid, version, i.size))
             };
             s.opened(fid);
             Ok(s.new_fh(Handle::File {
@@ -1139,7 +1221,7 @@ impl fuser::Filesystem for StrettoFs {
     ) {
         let s = &self.s;
         let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File { fid, cached, .. }) => Ok((*fid, None, cached.clone())),
+            Some(Handle::File { fid, cached, .. }) => Ok((*fid, None, *cached)),
             Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size), None)),
             _ => Err(Errno::EBADF),
         };
@@ -1147,27 +1229,17 @@ impl fuser::Filesystem for StrettoFs {
             Ok(x) => x,
             Err(e) => return reply.error(e),
         };
-        // The cached copy serves reads while the inode is still at its
-        // version: not when this mount writes the file now, has written it
-        // since (its store raised the version), or a callback said another
-        // client changed it (then the bricks have newer data).
-        let current = |v: u64| {
-            !lock(&s.writers).contains_key(&fid)
-                && lock(&s.attrs).get(&fid).map(|(cv, _)| *cv) == Some(v)
-        };
-        if let Some((f, end, _)) = cached.filter(|(_, _, v)| current(*v)) {
-            use std::os::unix::fs::FileExt;
+        // The cached chunks serve reads while the inode is still at the
+        // handle's version: not when this mount writes the file now, has
+        // written it since (its store raised the version), or a callback
+        // said another client changed it (then the bricks have newer data).
+        if let Some((end, v)) = cached.filter(|(_, v)| s.current(fid, *v)) {
             if offset >= end {
                 return reply.data(&[]);
             }
-            let len = (size as u64).min(end - offset) as usize;
-            let mut buf = vec![0u8; len];
-            return match f.read_exact_at(&mut buf, offset) {
-                Ok(()) => reply.data(&buf),
-                Err(e) => {
-                    tracing::warn!(%fid, error = %e, "cache read failed");
-                    reply.error(Errno::EIO)
-                }
+            return match s.block(s.read_cached(fid, v, end, offset, size as u64)) {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e),
             };
         }
         let _ = ino;
@@ -1327,11 +1399,11 @@ impl fuser::Filesystem for StrettoFs {
         } else {
             let fid = s.fid(ino);
             s.block(async {
-                let i = s.inode(fid, true).await?;
+                let (version, i) = s.fresh_inode(fid).await?;
                 if i.kind != Kind::Dir {
                     return Err(Errno::ENOTDIR);
                 }
-                let list = s.list_dir(fid).await?;
+                let list = s.list_dir_at(fid, version).await?;
                 let mut v = vec![
                     (b".".to_vec(), ino.0, FileType::Directory),
                     (b"..".to_vec(), ino.0, FileType::Directory),
@@ -1770,5 +1842,30 @@ impl StrettoFs {
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_entries_round_trip() {
+        let d = |n: u32, kind| Dirent {
+            fid: Fid {
+                volume: 1,
+                vnode: n,
+                unique: 9,
+            },
+            kind,
+        };
+        let l = vec![
+            (b"a".to_vec(), d(2, Kind::File)),
+            (vec![0xffu8; 255], d(3, Kind::Dir)),
+        ];
+        let b = encode_entries(&l);
+        assert_eq!(decode_entries(&b).unwrap(), l);
+        assert_eq!(decode_entries(&[]).unwrap(), Vec::new());
+        assert!(decode_entries(&b[..b.len() - 1]).is_none());
     }
 }
