@@ -665,6 +665,18 @@ impl Shared {
         fh
     }
 
+    /// The file and its shared writer, for a handle opened for writing.
+    fn file_writer(&self, fh: u64) -> Option<(Fid, Arc<Writer>)> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File {
+                fid,
+                writer: Some(w),
+                ..
+            }) => Some((*fid, w.clone())),
+            _ => None,
+        }
+    }
+
     fn opened(&self, fid: Fid) {
         *lock(&self.open_count).entry(fid).or_insert(0) += 1;
     }
@@ -1280,11 +1292,8 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyWrite,
     ) {
         let s = &self.s;
-        let w = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File {
-                writer: Some(w), ..
-            }) => w.clone(),
-            _ => return reply.error(Errno::EBADF),
+        let Some((_, w)) = s.file_writer(fh.0) else {
+            return reply.error(Errno::EBADF);
         };
         let r = s.block(w.obj.write(offset, data));
         match r {
@@ -1310,14 +1319,7 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.s;
-        let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File {
-                fid,
-                writer: Some(w),
-                ..
-            }) => Some((*fid, w.clone())),
-            _ => None,
-        };
+        let h = s.file_writer(fh.0);
         match h {
             Some((fid, w)) => match s.block(s.store(fid, &w)) {
                 Ok(()) => reply.ok(),
@@ -1336,14 +1338,7 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.s;
-        let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File {
-                fid,
-                writer: Some(w),
-                ..
-            }) => Some((*fid, w.clone())),
-            _ => None,
-        };
+        let h = s.file_writer(fh.0);
         let Some((fid, w)) = h else {
             return reply.ok();
         };
@@ -1736,14 +1731,7 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyEmpty,
     ) {
         let s = &self.s;
-        let h = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File {
-                fid,
-                writer: Some(w),
-                ..
-            }) => Some((*fid, w.clone())),
-            _ => None,
-        };
+        let h = s.file_writer(fh.0);
         let Some((fid, w)) = h else {
             return reply.error(Errno::EBADF);
         };
