@@ -578,6 +578,22 @@ fn format_status(st: &VolumeStatus, detail: bool) -> String {
             }
         }
     }
+    if detail {
+        let space: Vec<_> = st
+            .bricks
+            .iter()
+            .map(|b| b.stats.map(|x| (x.capacity_bytes, x.free_bytes)))
+            .collect();
+        let _ = match volume::capacity::of_bricks(&st.spec, &space) {
+            Ok(c) => writeln!(
+                s,
+                "Capacity: {} free of {} (by the volume type, from the bricks' disks)",
+                format_size(c.free_bytes),
+                format_size(c.total_bytes)
+            ),
+            Err(e) => writeln!(s, "Capacity: unknown ({e})"),
+        };
+    }
     s
 }
 

@@ -169,6 +169,37 @@ fn renameat2(a: &Path, b: &Path, flags: u32) -> i32 {
     }
 }
 
+/// `lseek(fd, off, whence)`: the offset, or the errno.
+fn seek(fd: i32, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: lseek on a descriptor the caller keeps open; no pointers.
+    let r = unsafe { libc::lseek(fd, off, whence) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(r)
+    }
+}
+
+/// `statvfs` of a path: (total, free for unprivileged users) in bytes,
+/// with the block size and the longest name.
+fn statvfs(p: &Path) -> (u64, u64, u64, u64) {
+    let p = c(p);
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `p` is NUL-terminated, `st` is writable memory of the right
+    // type.
+    let r = unsafe { libc::statvfs(p.as_ptr(), st.as_mut_ptr()) };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    let fr = st.f_frsize as u64;
+    (
+        st.f_blocks as u64 * fr,
+        st.f_bavail as u64 * fr,
+        st.f_bsize as u64,
+        st.f_namemax as u64,
+    )
+}
+
 /// Polls `f` until it holds, for at most `limit`.
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -595,6 +626,52 @@ fn mount_survives_a_brick_sigkilled_and_restarted() {
     }
     let info = ok(pool.volume(0, &["heal", "fs", "info"]));
     assert_eq!(info.matches("backlog 0 commits").count(), 3, "{info}");
+}
+
+/// `statfs` of the mount is the volume's capacity from its bricks' disks:
+/// replica 3 with every brick on the one file system the tests run on, so
+/// the volume holds what that file system holds. Free space on a shared
+/// file system moves with everything else running, so it is compared with
+/// a wide margin only.
+#[test]
+fn statfs_reports_the_bricks_disks() {
+    let pool = replica3();
+    let m = Mount::new(&pool, &[]);
+    let brick = &pool.dirs[0];
+    let (fs_total, fs_free_before, _, _) = statvfs(brick);
+    let (total, free, bsize, namemax) = statvfs(&m.path);
+    let (_, fs_free_after, _, _) = statvfs(brick);
+    assert_eq!((bsize, namemax), (4096, 255));
+    assert!(
+        total.abs_diff(fs_total) < 4096,
+        "mount {total} bytes, the bricks' file system {fs_total}"
+    );
+    assert!(free <= total, "free {free} of {total}");
+    let margin = (fs_total / 10).max(1 << 30);
+    let (lo, hi) = (
+        fs_free_before.min(fs_free_after),
+        fs_free_before.max(fs_free_after),
+    );
+    assert!(
+        free + margin >= lo && free <= hi + margin,
+        "mount free {free}, the bricks' file system {lo}..={hi}"
+    );
+    // 64 MiB written and synced: still within the file system's bounds
+    // (a drop is not asserted: others write and free space there too).
+    let mut f = std::fs::File::create(m.p("big")).unwrap();
+    for _ in 0..64 {
+        f.write_all(&vec![0x77u8; 1 << 20]).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    std::thread::sleep(Duration::from_millis(1100));
+    let (total2, free2, _, _) = statvfs(&m.path);
+    let (_, fs_free_now, _, _) = statvfs(brick);
+    assert_eq!(total2, total);
+    assert!(
+        free2 <= total2 && free2 <= fs_free_now.max(hi) + margin,
+        "mount free {free2}, the bricks' file system {fs_free_now}"
+    );
 }
 
 /// Issue 4 under a mount: a brick SIGSTOPped (hung, its connection still

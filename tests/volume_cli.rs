@@ -146,6 +146,10 @@ fn replica3_lifecycle_on_three_bricks() {
         );
     }
     assert!(status.contains("uptime"), "{status}");
+    assert!(
+        status.contains("Capacity: ") && !status.contains("Capacity: unknown"),
+        "{status}"
+    );
 
     fails_with(&pool.volume(0, &["delete", "vol0"]), "stop it first");
     ok(&pool.volume(0, &["stop", "vol0"]));

@@ -53,6 +53,11 @@ const ATTR_TTL: Duration = Duration::ZERO;
 const IMAGES_TTL: Duration = Duration::from_secs(2);
 /// How long an open for writing waits for another client's lease.
 const LEASE_WAIT: Duration = Duration::from_secs(25);
+/// Block (and fragment) size `statfs` counts in.
+const STATFS_BLOCK: u32 = 4096;
+/// How long `statfs` reuses the volume's capacity before asking the bricks
+/// again.
+const STATFS_CACHE: Duration = Duration::from_secs(1);
 /// Block size reported to `stat`.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -125,6 +130,9 @@ pub struct Shared {
     own: Mutex<HashSet<u64>>,
     images: Mutex<Option<(Instant, BTreeMap<String, ImageEntry>)>>,
     disk: Option<crate::cache::DiskCache>,
+    /// The volume's capacity and when it was asked (`statfs`); the lock is
+    /// held while asking, so a burst of `df` asks the bricks once.
+    capacity: tokio::sync::Mutex<Option<(Instant, volume::capacity::Capacity)>>,
 }
 
 /// A directory's entries as kept in the disk cache: per entry the name's
@@ -251,6 +259,7 @@ impl Shared {
             own: Mutex::default(),
             images: Mutex::new(None),
             disk: None,
+            capacity: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -1517,17 +1526,35 @@ impl fuser::Filesystem for StrettoFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Bricks do not report their free space yet: a nominal 16 TiB.
-        let blocks = 1u64 << 32;
+        let s = &self.s;
+        let cap = s.block(async {
+            let mut c = s.capacity.lock().await;
+            match *c {
+                Some((at, cap)) if at.elapsed() < STATFS_CACHE => Ok(cap),
+                _ => {
+                    let cap = s.client.capacity().await?;
+                    *c = Some((Instant::now(), cap));
+                    Ok(cap)
+                }
+            }
+        });
+        let cap = match cap {
+            Ok(c) => c,
+            Err(e) => return reply.error(vol_errno(&e)),
+        };
+        // Files are namespace records, not brick inodes: no real limit to
+        // report, so a nominal 2^32.
+        let (bsize, files) = (STATFS_BLOCK as u64, 1u64 << 32);
+        let free = cap.free_bytes / bsize;
         reply.statfs(
-            blocks,
-            blocks,
-            blocks,
-            1 << 32,
-            1 << 32,
-            4096,
+            cap.total_bytes / bsize,
+            free,
+            free,
+            files,
+            files,
+            STATFS_BLOCK,
             crate::inode::NAME_MAX as u32,
-            4096,
+            STATFS_BLOCK,
         )
     }
 

@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 use transport::wire::GetVolConfig;
 use transport::{ClientOptions, Payload, Request, Response, Secret};
 
+use crate::capacity::{self, Capacity};
 use crate::disperse::{Disperse, Geometry};
 use crate::distribute::Distribute;
 use crate::error::{Result, VolumeError};
@@ -419,6 +420,31 @@ impl Client {
         for s in &self.shared.current().sets {
             s.load_marks(true).await;
         }
+    }
+
+    /// The volume's usable capacity, from every brick's `BrickStats` (see
+    /// [`crate::capacity`]): bricks that are down or fail the call are left
+    /// out while their set keeps its quorum.
+    pub async fn capacity(&self) -> Result<Capacity> {
+        let st = self.shared.current();
+        let calls: Vec<_> = st
+            .links
+            .iter()
+            .map(|l| {
+                let l = l.clone();
+                tokio::spawn(async move {
+                    match l.call(Request::BrickStats, Payload::None).await {
+                        Ok((Response::BrickStats(s), _)) => Some((s.capacity_bytes, s.free_bytes)),
+                        _ => None,
+                    }
+                })
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(calls.len());
+        for c in calls {
+            answers.push(c.await.ok().flatten());
+        }
+        capacity::of_bricks(&st.spec, &answers)
     }
 
     /// Stops watching the volume and closes every brick connection.

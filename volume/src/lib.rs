@@ -10,6 +10,7 @@
 //!   chunking and placement.
 //! - [`replicate`], [`distribute`], [`stripe`]: the layout translators.
 //! - [`scrub`]: re-check data at rest against its CRCs and repair it.
+//! - [`capacity`]: the volume's usable size from its bricks' disks.
 //! - [`client`]: connect to a volume, get object handles.
 //! - [`heal`]: self-heal from pending marks, heal info, split-brain.
 //! - [`records`]: versioned records with all-or-nothing commits and a change
@@ -20,6 +21,7 @@
 //! It must never import `nbd` or `fuse-client` (they sit above it), nor
 //! `brick` or `storage` (a client reaches bricks only through `transport`).
 
+pub mod capacity;
 pub mod client;
 pub mod disperse;
 pub mod distribute;
