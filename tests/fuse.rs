@@ -348,12 +348,16 @@ fn basic_operations_and_posix_errors() {
         // SAFETY: as above.
         let r = unsafe { libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, 60 * 1024, 8192) };
         assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        // SAFETY: lseek on an open descriptor.
-        let hole = unsafe { libc::lseek(fd, 0, libc::SEEK_HOLE) };
-        assert_eq!(hole, 68 * 1024);
-        // SAFETY: as above.
-        let data = unsafe { libc::lseek(fd, 100, libc::SEEK_DATA) };
-        assert_eq!(data, 100);
+        // Holes: the punched range and the zeroed tail (both read as
+        // zeros); the file ends at 68 KiB.
+        let k = 1024;
+        assert_eq!(seek(fd, 0, libc::SEEK_HOLE), Ok(4 * k));
+        assert_eq!(seek(fd, 100, libc::SEEK_DATA), Ok(100));
+        assert_eq!(seek(fd, 4 * k, libc::SEEK_DATA), Ok(12 * k));
+        assert_eq!(seek(fd, 5 * k, libc::SEEK_HOLE), Ok(5 * k));
+        assert_eq!(seek(fd, 12 * k, libc::SEEK_HOLE), Ok(60 * k));
+        assert_eq!(seek(fd, 60 * k, libc::SEEK_DATA), Err(libc::ENXIO));
+        assert_eq!(seek(fd, 68 * k, libc::SEEK_HOLE), Err(libc::ENXIO));
         drop(f);
         let d = std::fs::read(m.p("data")).unwrap();
         assert_eq!(d.len(), 68 * 1024);
@@ -361,6 +365,56 @@ fn basic_operations_and_posix_errors() {
         assert!(d[4096..12288].iter().all(|b| *b == 0));
         assert!(d[12288..60 * 1024].iter().all(|b| *b == 0xab));
         assert!(d[60 * 1024..].iter().all(|b| *b == 0));
+    }
+
+    // A sparse file: data at 0 with a hole punched in it, data at 8 MiB,
+    // a hole between; seen while open for writing (the writer's size) and
+    // again after reopening.
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        const K: i64 = 1024;
+        const M: i64 = 1 << 20;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.p("sparse"))
+            .unwrap();
+        f.write_all_at(&vec![0x5au8; M as usize], 0).unwrap();
+        f.write_all_at(&vec![0xa5u8; 64 * K as usize], 8 * M as u64)
+            .unwrap();
+        // SAFETY: fallocate on an open descriptor.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                256 * K,
+                256 * K,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let size = 8 * M + 64 * K;
+        let check = |fd: i32| {
+            assert_eq!(seek(fd, 0, libc::SEEK_DATA), Ok(0));
+            assert_eq!(seek(fd, 0, libc::SEEK_HOLE), Ok(256 * K));
+            assert_eq!(seek(fd, 300 * K, libc::SEEK_HOLE), Ok(300 * K));
+            assert_eq!(seek(fd, 256 * K, libc::SEEK_DATA), Ok(512 * K));
+            assert_eq!(seek(fd, 512 * K, libc::SEEK_HOLE), Ok(M));
+            assert_eq!(seek(fd, M, libc::SEEK_DATA), Ok(8 * M));
+            assert_eq!(seek(fd, 8 * M + 5, libc::SEEK_DATA), Ok(8 * M + 5));
+            assert_eq!(seek(fd, 8 * M, libc::SEEK_HOLE), Ok(size));
+            assert_eq!(seek(fd, size - 1, libc::SEEK_DATA), Ok(size - 1));
+            assert_eq!(seek(fd, size, libc::SEEK_DATA), Err(libc::ENXIO));
+            assert_eq!(seek(fd, size, libc::SEEK_HOLE), Err(libc::ENXIO));
+            assert_eq!(seek(fd, -1, libc::SEEK_DATA), Err(libc::ENXIO));
+        };
+        check(f.as_raw_fd());
+        drop(f);
+        let f = std::fs::File::open(m.p("sparse")).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), size as u64);
+        check(f.as_raw_fd());
     }
 
     // Removal.

@@ -1809,30 +1809,42 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyLseek,
     ) {
         let s = &self.s;
-        let size = match lock(&s.handles).get(&fh.0) {
-            Some(Handle::File { fid, .. }) => Ok(*fid),
-            Some(Handle::Image { size, .. }) => Err(Some(*size)),
-            _ => Err(None),
+        let h = match lock(&s.handles).get(&fh.0) {
+            Some(Handle::File { fid, .. }) => Ok((*fid, None)),
+            Some(Handle::Image { fid, size }) => Ok((*fid, Some(*size))),
+            _ => Err(Errno::EBADF),
         };
-        let size = match size {
-            Ok(fid) => match s.block(s.inode(fid, false)) {
-                Ok(i) => s.size_of(fid, &i),
-                Err(e) => return reply.error(e),
-            },
-            Err(Some(sz)) => sz,
-            Err(None) => return reply.error(Errno::EBADF),
+        let (fid, image_size) = match h {
+            Ok(x) => x,
+            Err(e) => return reply.error(e),
         };
         if offset < 0 {
             return reply.error(Errno::ENXIO);
         }
         let off = offset as u64;
-        // Holes are not tracked: the whole file is data, with the
-        // implicit hole at its end (as POSIX allows).
-        match whence {
-            libc::SEEK_DATA if off < size => reply.offset(offset),
-            libc::SEEK_HOLE if off < size => reply.offset(size as i64),
-            libc::SEEK_DATA | libc::SEEK_HOLE => reply.error(Errno::ENXIO),
-            _ => reply.error(Errno::EINVAL),
+        // Data and holes as the object's bytes say (4 KiB blocks that read
+        // as zeros are holes), bounded by the size this mount sees (a
+        // writer's size before it is flushed included).
+        let r = s.block(async {
+            let size = match image_size {
+                Some(sz) => sz,
+                None => s.size_of(fid, &s.inode(fid, false).await?),
+            };
+            if off >= size {
+                return Err(Errno::ENXIO);
+            }
+            let obj = s.client.object(fid);
+            match whence {
+                libc::SEEK_DATA => obj.seek_data(off, size).await,
+                libc::SEEK_HOLE => obj.seek_hole(off, size).await.map(Some),
+                _ => return Err(Errno::EINVAL),
+            }
+            .map_err(|e| vol_errno(&e))?
+            .ok_or(Errno::ENXIO)
+        });
+        match r {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(e),
         }
     }
 }

@@ -19,8 +19,6 @@ use crate::export::{Export, ExportError, ExportFuture, Extent, ReadData, ZeroFla
 /// Most bytes one BLOCK_STATUS reply looks at (the reply may cover less than
 /// asked; the client asks again for the rest).
 const STATUS_SPAN: u64 = 8 << 20;
-/// Granularity of the zero scan.
-const STATUS_BLOCK: usize = 4096;
 
 /// A volume object served as a block device of a fixed size.
 pub struct VolumeExport {
@@ -163,31 +161,27 @@ impl Export for VolumeExport {
         })
     }
 
-    /// The volume does not expose its allocation yet, so this reports what
-    /// the data says: ranges that read as zeros are `zero` extents (never
-    /// `hole`, which would claim the bricks hold nothing there), the rest
-    /// data. It reads at most [`STATUS_SPAN`] bytes per call.
+    /// The volume keeps no allocation map, so this reports what the data
+    /// says ([`Object::zero_runs`], 4 KiB blocks): ranges that read as
+    /// zeros are `zero` extents (never `hole`, which would claim the bricks
+    /// hold nothing there), the rest data. It reads at most
+    /// [`STATUS_SPAN`] bytes per call.
     fn block_status(&self, offset: u64, length: u32) -> ExportFuture<'_, Vec<Extent>> {
         Box::pin(async move {
             let len = u64::from(length).clamp(1, STATUS_SPAN);
-            let data = self
+            let runs = self
                 .object
-                .read(offset, len)
+                .zero_runs(offset, len)
                 .await
                 .map_err(|e| io_err("block_status", offset, len, e))?;
-            let mut extents: Vec<Extent> = Vec::new();
-            for block in data.chunks(STATUS_BLOCK) {
-                let zero = block.iter().all(|&b| b == 0);
-                match extents.last_mut() {
-                    Some(last) if last.zero == zero => last.length += block.len() as u64,
-                    _ => extents.push(Extent {
-                        length: block.len() as u64,
-                        hole: false,
-                        zero,
-                    }),
-                }
-            }
-            Ok(extents)
+            Ok(runs
+                .into_iter()
+                .map(|(length, zero)| Extent {
+                    length,
+                    hole: false,
+                    zero,
+                })
+                .collect())
         })
     }
 

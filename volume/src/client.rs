@@ -29,7 +29,7 @@ use crate::replicate::Replicate;
 use crate::spec::{VolumeKind, VolumeSpec, VolumeState, DEFAULT_STRIPE_UNIT};
 use crate::stripe::Stripe;
 use crate::volfile::{self, Record};
-use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator};
+use crate::xlator::{Fid, LeaseAction, LeaseOutcome, Translator, MAX_PIECE};
 
 /// Default `ping-timeout`: how long a call waits for a brick before the
 /// brick is taken for dead.
@@ -628,6 +628,25 @@ pub fn stripe_unit(spec: &VolumeSpec) -> Result<u64> {
     }
 }
 
+/// Granularity of [`Object::zero_runs`], [`Object::seek_data`] and
+/// [`Object::seek_hole`].
+pub const MAP_BLOCK: u64 = 4096;
+
+/// How far one [`Object::seek_data`] or [`Object::seek_hole`] reads before
+/// it settles for an answer that is valid but not the closest.
+pub const SEEK_SCAN: u64 = 64 << 20;
+
+/// Where a scan for a run ended.
+enum Seek {
+    /// The run starts here.
+    Found(u64),
+    /// No such run before the end.
+    End,
+    /// [`SEEK_SCAN`] bytes scanned without one; everything before here is
+    /// of the other kind.
+    GaveUp(u64),
+}
+
 /// One object of a volume.
 pub struct Object {
     /// The client's state: each call goes through the newest stack.
@@ -692,6 +711,69 @@ impl Object {
             self.known_size.fetch_max(end, Ordering::AcqRel);
         }
         Ok(())
+    }
+
+    /// What `[offset, offset + len)` holds, as runs of `(length, zero)`:
+    /// blocks of [`MAP_BLOCK`] bytes (counted from `offset`) that read as
+    /// zeros or not. The volume keeps no allocation map of its own, so
+    /// written zeros count as zeros, and a zero range shorter than a block
+    /// is data.
+    pub async fn zero_runs(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        let data = self.read(offset, len).await?;
+        let mut runs: Vec<(u64, bool)> = Vec::new();
+        for block in data.chunks(MAP_BLOCK as usize) {
+            let zero = block.iter().all(|&b| b == 0);
+            match runs.last_mut() {
+                Some(last) if last.1 == zero => last.0 += block.len() as u64,
+                _ => runs.push((block.len() as u64, zero)),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// `SEEK_DATA` below `end` (the object's size): the first
+    /// [`MAP_BLOCK`]-aligned block at or after `offset` that does not read
+    /// as zeros (`offset` itself if its block is data), or `None` if there
+    /// is none before `end`. After [`SEEK_SCAN`] bytes of zeros the scan
+    /// stops and answers where it stopped (zeros taken for data, as POSIX
+    /// allows).
+    pub async fn seek_data(&self, offset: u64, end: u64) -> Result<Option<u64>> {
+        Ok(match self.seek_run(offset, end, false).await? {
+            Seek::Found(p) | Seek::GaveUp(p) => Some(p),
+            Seek::End => None,
+        })
+    }
+
+    /// `SEEK_HOLE` below `end` (the object's size): the first
+    /// [`MAP_BLOCK`]-aligned block at or after `offset` that reads as zeros
+    /// (`offset` itself if its block does), else `end` (the hole at the
+    /// end), also when [`SEEK_SCAN`] bytes of data were scanned without
+    /// finding one.
+    pub async fn seek_hole(&self, offset: u64, end: u64) -> Result<u64> {
+        Ok(match self.seek_run(offset, end, true).await? {
+            Seek::Found(p) => p,
+            Seek::End | Seek::GaveUp(_) => end,
+        })
+    }
+
+    async fn seek_run(&self, offset: u64, end: u64, zero: bool) -> Result<Seek> {
+        let start = offset - offset % MAP_BLOCK;
+        let mut pos = start;
+        while pos < end {
+            if pos - start >= SEEK_SCAN {
+                return Ok(Seek::GaveUp(pos.max(offset)));
+            }
+            let n = (end - pos).min(MAX_PIECE);
+            let mut at = pos;
+            for (len, z) in self.zero_runs(pos, n).await? {
+                if z == zero {
+                    return Ok(Seek::Found(at.max(offset)));
+                }
+                at += len;
+            }
+            pos += n;
+        }
+        Ok(Seek::End)
     }
 
     /// Deallocates `[offset, offset + len)`.
