@@ -191,13 +191,8 @@ fn statvfs(p: &Path) -> (u64, u64, u64, u64) {
     assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
     // SAFETY: statvfs returned 0, so it filled `st`.
     let st = unsafe { st.assume_init() };
-    let fr = st.f_frsize as u64;
-    (
-        st.f_blocks as u64 * fr,
-        st.f_bavail as u64 * fr,
-        st.f_bsize as u64,
-        st.f_namemax as u64,
-    )
+    let fr = st.f_frsize;
+    (st.f_blocks * fr, st.f_bavail * fr, st.f_bsize, st.f_namemax)
 }
 
 /// Polls `f` until it holds, for at most `limit`.
