@@ -84,6 +84,7 @@ pub struct Mounted {
     shared: Arc<Shared>,
     feed_at: FeedAt,
     snap: Option<Arc<SnapConf>>,
+    snapshot_note: Option<String>,
     /// Held (flock) while this process uses the cache directory.
     _dir_lock: Option<std::fs::File>,
 }
@@ -91,6 +92,12 @@ pub struct Mounted {
 impl Mounted {
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// What became of the attribute snapshot at mount, in one line (also
+    /// logged at mount, before a background process has its log file).
+    pub fn snapshot_note(&self) -> Option<&str> {
+        self.snapshot_note.as_deref()
     }
 
     /// Waits until the file system is unmounted (by `stretto umount` or
@@ -128,10 +135,9 @@ impl Mounted {
         };
         let since = *lock(&self.feed_at);
         let s = &self.shared;
-        let r = self.rt.block_on(tokio::time::timeout(
-            SNAPSHOT_WAIT,
-            save_at_unmount(s, since, conf),
-        ));
+        let r = self.rt.block_on(async {
+            tokio::time::timeout(SNAPSHOT_WAIT, save_at_unmount(s, since, conf)).await
+        });
         match r {
             Ok(Ok((inodes, names, bytes))) => tracing::info!(
                 "attribute snapshot written: {inodes} inode records, {names} names, {bytes} bytes"
@@ -249,23 +255,37 @@ async fn save_at_unmount(
 }
 
 /// Takes the snapshot left under `dir` and keeps what the feed says is
-/// unchanged; the feed position the caches are valid at, if it was used.
-fn load_snapshot(rt: &tokio::runtime::Handle, s: &Shared, dir: &Path, name: &str) -> Option<u64> {
-    let discard = |why: String| {
-        tracing::info!("attribute snapshot discarded: {why}");
-        None
+/// unchanged: the feed position the caches are valid at if it was used,
+/// and what became of it in one line (logged at info too).
+fn load_snapshot(
+    rt: &tokio::runtime::Handle,
+    s: &Shared,
+    dir: &Path,
+    name: &str,
+) -> (Option<u64>, Option<String>) {
+    let (start, note) = match take_snapshot(rt, s, dir, name) {
+        Ok(None) => return (None, None),
+        Ok(Some((start, note))) => (Some(start), note),
+        Err(why) => (None, format!("attribute snapshot discarded: {why}")),
     };
+    tracing::info!("{note}");
+    (start, Some(note))
+}
+
+fn take_snapshot(
+    rt: &tokio::runtime::Handle,
+    s: &Shared,
+    dir: &Path,
+    name: &str,
+) -> Result<Option<(u64, String)>, String> {
     let bytes = match snapshot::take(dir) {
         Ok(Some(b)) => b,
-        Ok(None) => return None,
-        Err(e) => return discard(format!("cannot read it: {e}")),
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
     };
-    let mut snap = match snapshot::decode(&bytes) {
-        Ok(x) => x,
-        Err(e) => return discard(e.to_string()),
-    };
+    let mut snap = snapshot::decode(&bytes).map_err(|e| e.to_string())?;
     if snap.volume != s.ns.volume() || snap.name != name {
-        return discard(format!(
+        return Err(format!(
             "it is of volume {} (id {}), not {name} (id {})",
             snap.name,
             snap.volume,
@@ -273,16 +293,15 @@ fn load_snapshot(rt: &tokio::runtime::Handle, s: &Shared, dir: &Path, name: &str
         ));
     }
     let store = s.ns.store();
-    let checked = match rt.block_on(snapshot::check(&*store, &mut snap)) {
-        Ok(c) => c,
-        Err(e) => return discard(e.to_string()),
-    };
+    let checked = rt
+        .block_on(snapshot::check(&*store, &mut snap))
+        .map_err(|e| e.to_string())?;
     if let Some(d) = s.disk() {
         for f in &checked.changed_inodes {
             d.remove(*f);
         }
     }
-    tracing::info!(
+    let note = format!(
         "attribute snapshot trusted: {} inode records, {} names ({} changed keys dropped; feed {} to {})",
         snap.inodes.len(),
         snap.entries.len(),
@@ -291,7 +310,7 @@ fn load_snapshot(rt: &tokio::runtime::Handle, s: &Shared, dir: &Path, name: &str
         checked.reached
     );
     s.trust(snap);
-    Some(checked.reached)
+    Ok(Some((checked.reached, note)))
 }
 
 /// Mounts `client`'s volume at `cfg.mountpoint`. Returns once the kernel
@@ -339,9 +358,10 @@ pub fn mount(
             closed: AtomicBool::new(false),
         })
     });
-    let start = snap
-        .as_ref()
-        .and_then(|c| load_snapshot(&rt, &shared, &c.dir, &c.name));
+    let (start, snapshot_note) = match &snap {
+        Some(c) => load_snapshot(&rt, &shared, &c.dir, &c.name),
+        None => (None, None),
+    };
     let feed_at: FeedAt = Arc::new(Mutex::new(start));
     let mut config = Config::default();
     config.mount_options = vec![
@@ -397,6 +417,7 @@ pub fn mount(
         shared,
         feed_at,
         snap,
+        snapshot_note,
         _dir_lock: dir_lock,
     })
 }
