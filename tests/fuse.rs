@@ -594,8 +594,11 @@ fn disk_cache_keeps_directories_across_remounts() {
     assert_eq!(std::fs::read_to_string(a.p("d/x4")).unwrap(), "x4");
 }
 
+/// A path's inode number, mode, size, mtime (s, ns), nlink and uid.
+type Attrs = (String, u64, u32, u64, i64, i64, u64, u32);
+
 /// `lstat` of each path under `m`: the attributes a remount must keep.
-fn stat_all(m: &Mount, paths: &[&str]) -> Vec<(String, u64, u32, u64, i64, i64, u64, u32)> {
+fn stat_all(m: &Mount, paths: &[&str]) -> Vec<Attrs> {
     paths
         .iter()
         .map(|p| {
@@ -650,10 +653,7 @@ fn make_tree(m: &Mount) {
 /// Remounts `m` and stats every path of [`TREE`], so that every name and
 /// inode is in its caches (a fresh mount's kernel has no names: each
 /// lookup reaches the client); returns the attributes.
-fn remount_and_stat(
-    m: &mut Mount,
-    pool: &Pool,
-) -> Vec<(String, u64, u32, u64, i64, i64, u64, u32)> {
+fn remount_and_stat(m: &mut Mount, pool: &Pool) -> Vec<Attrs> {
     m.unmount();
     m.remount(pool);
     stat_all(m, &TREE)
