@@ -659,6 +659,19 @@ fn remount_and_stat(m: &mut Mount, pool: &Pool) -> Vec<Attrs> {
     stat_all(m, &TREE)
 }
 
+/// A pool, mount A with [`TREE`] whose snapshot holds every path (looked
+/// up in a second session, then unmounted), and a second mount B; the
+/// attributes A saw.
+fn tree_kept_by_a() -> (Pool, Mount, Mount, Vec<Attrs>) {
+    let pool = replica3();
+    let mut a = Mount::new(&pool, &[]);
+    let b = Mount::new(&pool, &[]);
+    make_tree(&a);
+    let before = remount_and_stat(&mut a, &pool);
+    a.unmount();
+    (pool, a, b, before)
+}
+
 /// Issue 7 item 3: inode records and names are kept in the cache
 /// directory at unmount and trusted at the next mount after the change
 /// feed said which keys changed meanwhile. Proved by stopping every brick
@@ -710,12 +723,7 @@ fn disk_cache_keeps_attributes_across_remounts() {
 /// feed named the keys, their records were dropped), the rest trusted.
 #[test]
 fn disk_cache_attributes_follow_changes_made_while_unmounted() {
-    let pool = replica3();
-    let mut a = Mount::new(&pool, &[]);
-    let b = Mount::new(&pool, &[]);
-    make_tree(&a);
-    let before = remount_and_stat(&mut a, &pool);
-    a.unmount();
+    let (pool, mut a, b, before) = tree_kept_by_a();
     std::fs::set_permissions(b.p("d/f1"), std::fs::Permissions::from_mode(0o751)).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
@@ -768,17 +776,25 @@ fn disk_cache_attributes_follow_changes_made_while_unmounted() {
     a.unmount();
 }
 
+/// Remounts `a`, which must discard its snapshot saying `why`, and checks
+/// that it sees the mode another mount gave `changed` and every path of
+/// [`TREE`] as `b` does.
+fn remount_discarding(a: &mut Mount, b: &Mount, pool: &Pool, why: &str, changed: (&str, u32)) {
+    a.remount(pool);
+    let v = a.snapshot_verdicts();
+    let last = v.last().expect("a verdict");
+    assert!(last.contains("discarded") && last.contains(why), "{v:?}");
+    let mode = std::fs::symlink_metadata(a.p(changed.0)).unwrap().mode();
+    assert_eq!(mode & 0o7777, changed.1);
+    assert_eq!(stat_all(a, &TREE), stat_all(b, &TREE));
+}
+
 /// A snapshot older than the feed keeps (more than 1024 commits by
 /// another client meanwhile), or a damaged one, is discarded whole (one
 /// info line) and the mount fetches what it needs: the values are right.
 #[test]
 fn disk_cache_snapshot_discarded_when_too_old_or_damaged() {
-    let pool = replica3();
-    let mut a = Mount::new(&pool, &[]);
-    let b = Mount::new(&pool, &[]);
-    make_tree(&a);
-    remount_and_stat(&mut a, &pool);
-    a.unmount();
+    let (pool, mut a, b, _) = tree_kept_by_a();
     // 1100 commits: more than a brick's feed keeps.
     for i in 0..1100u32 {
         let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
@@ -787,18 +803,7 @@ fn disk_cache_snapshot_discarded_when_too_old_or_damaged() {
             .unwrap();
     }
     std::fs::set_permissions(b.p("d/f1"), std::fs::Permissions::from_mode(0o700)).unwrap();
-    a.remount(&pool);
-    let v = a.snapshot_verdicts();
-    let last = v.last().expect("a verdict");
-    assert!(
-        last.contains("discarded") && last.contains("change feed starts at"),
-        "{v:?}"
-    );
-    assert_eq!(
-        std::fs::symlink_metadata(a.p("d/f1")).unwrap().mode() & 0o7777,
-        0o700
-    );
-    assert_eq!(stat_all(&a, &TREE), stat_all(&b, &TREE));
+    remount_discarding(&mut a, &b, &pool, "change feed starts at", ("d/f1", 0o700));
     // Now a damaged snapshot: one byte flipped in the middle.
     stat_all(&a, &TREE);
     a.unmount();
@@ -809,19 +814,8 @@ fn disk_cache_snapshot_discarded_when_too_old_or_damaged() {
     bytes[mid] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
     std::fs::set_permissions(b.p("d/f2"), std::fs::Permissions::from_mode(0o711)).unwrap();
-    a.remount(&pool);
-    let v = a.snapshot_verdicts();
-    let last = v.last().expect("a verdict");
-    assert!(
-        last.contains("discarded") && last.contains("checksum"),
-        "{v:?}"
-    );
+    remount_discarding(&mut a, &b, &pool, "checksum", ("d/f2", 0o711));
     assert!(!path.exists());
-    assert_eq!(
-        std::fs::symlink_metadata(a.p("d/f2")).unwrap().mode() & 0o7777,
-        0o711
-    );
-    assert_eq!(stat_all(&a, &TREE), stat_all(&b, &TREE));
     a.unmount();
 }
 

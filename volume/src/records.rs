@@ -71,6 +71,16 @@ pub struct FeedPos {
     pub tag: u64,
 }
 
+impl FeedPos {
+    /// The error for a position a store does not find on its log.
+    pub fn not_found(self) -> RecordError {
+        RecordError::FeedGap {
+            asked: self.seq,
+            oldest: 0,
+        }
+    }
+}
+
 /// Why a record operation failed.
 #[derive(Debug, Error)]
 pub enum RecordError {
@@ -145,12 +155,7 @@ pub trait RecordStore: Send + Sync {
         wait_ms: u32,
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
         let _ = (limit, wait_ms);
-        Box::pin(async move {
-            Err(RecordError::FeedGap {
-                asked: from.seq,
-                oldest: 0,
-            })
-        })
+        Box::pin(async move { Err(from.not_found()) })
     }
 }
 

@@ -1103,12 +1103,7 @@ impl RecordStore for ReplicatedRecords {
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
         if from.tag == 0 {
             // Tag 0 asks for no check: refuse rather than trust it.
-            return Box::pin(async move {
-                Err(RecordError::FeedGap {
-                    asked: from.seq,
-                    oldest: 0,
-                })
-            });
+            return Box::pin(async move { Err(from.not_found()) });
         }
         Box::pin(self.feed(from.seq, from.tag, limit, wait_ms))
     }
