@@ -170,6 +170,12 @@ pub fn run(args: MountArgs) -> Result<()> {
         if read_only { " (read-only)" } else { "" }
     );
     if args.ready_line {
+        // Logged at mount, before the log file was ours: again, into it,
+        // before the parent returns (a script reading the log then finds it).
+        if let Some(note) = mounted.snapshot_note() {
+            detach_fds(args.cache_dir.as_deref(), &[2]);
+            tracing::info!("{note}");
+        }
         println!("{READY}");
         detach_stdio(args.cache_dir.as_deref());
     }
@@ -185,6 +191,11 @@ pub fn run(args: MountArgs) -> Result<()> {
 /// Points stdout and stderr at the log (or /dev/null) once the parent has
 /// stopped listening.
 fn detach_stdio(cache_dir: Option<&Path>) {
+    detach_fds(cache_dir, &[1, 2]);
+}
+
+/// Points the descriptors `fds` (1, 2) at the log (or /dev/null).
+fn detach_fds(cache_dir: Option<&Path>, fds: &[i32]) {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let target = cache_dir
@@ -203,11 +214,12 @@ fn detach_stdio(cache_dir: Option<&Path>) {
         });
     if let Some(f) = target {
         use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto the standard descriptors with a file we own;
-        // the descriptors stay valid for the life of the process.
-        unsafe {
-            libc::dup2(f.as_raw_fd(), 1);
-            libc::dup2(f.as_raw_fd(), 2);
+        for &fd in fds {
+            // SAFETY: dup2 onto a standard descriptor with a file we own;
+            // the descriptor stays valid for the life of the process.
+            unsafe {
+                libc::dup2(f.as_raw_fd(), fd);
+            }
         }
     }
 }

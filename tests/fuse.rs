@@ -90,21 +90,27 @@ impl Mount {
         v
     }
 
-    /// Mounts again with the same cache directory (after `unmount`).
+    /// Mounts again with the same cache directory (after `unmount`),
+    /// logging at info (what became of the attribute snapshot).
     fn remount(&mut self, pool: &Pool) {
         let addr = pool.addr(0);
         let cache = self._dir.path().join("cache");
-        let out = ok(run(&[
-            "mount",
-            "fs",
-            self.path.to_str().unwrap(),
-            "--pool",
-            &addr,
-            "--secret-file",
-            pool.secret.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
-        ]));
+        let out = common::stretto()
+            .args([
+                "mount",
+                "fs",
+                self.path.to_str().unwrap(),
+                "--pool",
+                &addr,
+                "--secret-file",
+                pool.secret.to_str().unwrap(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ])
+            .env("STRETTO_LOG", "info")
+            .output()
+            .expect("run stretto");
+        let out = ok(out);
         assert!(out.contains("mounted volume fs"), "{out}");
         self.mounted = true;
     }
@@ -116,6 +122,33 @@ impl Mount {
     /// What the mount process logged (at warn: `run` sets `STRETTO_LOG`).
     fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("cache/mount.log")).unwrap_or_default()
+    }
+
+    /// What the mounts with this cache directory did with their attribute
+    /// snapshot at start (logged at info: remounts only).
+    fn snapshot_verdicts(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| {
+                l.contains("attribute snapshot trusted")
+                    || l.contains("attribute snapshot discarded")
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until the unmounted mount's process let go of the cache
+    /// directory (it writes its snapshot first): takes its lock once.
+    fn wait_released(&self) {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(self._dir.path().join("cache/lock")).unwrap();
+        // SAFETY: flock on a descriptor we own; blocks until free.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0);
+    }
+
+    fn snapshot_file(&self) -> PathBuf {
+        self._dir.path().join("cache/attrs.snap")
     }
 
     fn unmount(&mut self) {
@@ -639,6 +672,231 @@ fn disk_cache_keeps_directories_across_remounts() {
     std::fs::write(b.p("d/x4"), "x4").unwrap();
     assert_eq!(names(&a), ["x1", "x2", "x3", "x4"]);
     assert_eq!(std::fs::read_to_string(a.p("d/x4")).unwrap(), "x4");
+}
+
+/// A path's inode number, mode, size, mtime (s, ns), nlink and uid.
+type Attrs = (String, u64, u32, u64, i64, i64, u64, u32);
+
+/// `lstat` of each path under `m`: the attributes a remount must keep.
+fn stat_all(m: &Mount, paths: &[&str]) -> Vec<Attrs> {
+    paths
+        .iter()
+        .map(|p| {
+            let s = std::fs::symlink_metadata(m.p(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+            (
+                p.to_string(),
+                s.ino(),
+                s.mode(),
+                s.size(),
+                s.mtime(),
+                s.mtime_nsec(),
+                s.nlink(),
+                s.uid(),
+            )
+        })
+        .collect()
+}
+
+/// The numbers of an "attribute snapshot trusted: I inode records, N
+/// names (D changed keys dropped; ...)" line.
+fn trusted_counts(line: &str) -> (u64, u64, u64) {
+    let rest = line
+        .split("attribute snapshot trusted: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not a trusted line: {line}"));
+    let nums: Vec<u64> = rest
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .map(|w| w.parse().unwrap())
+        .collect();
+    (nums[0], nums[1], nums[2])
+}
+
+const TREE: [&str; 13] = [
+    "d", "d/f0", "d/f1", "d/f2", "d/f3", "d/f4", "d/f5", "d/f6", "d/f7", "d/f8", "d/f9", "d/l",
+    "top",
+];
+
+fn make_tree(m: &Mount) {
+    std::fs::create_dir(m.p("d")).unwrap();
+    for i in 0..10u32 {
+        let f = m.p(&format!("d/f{i}"));
+        std::fs::write(&f, vec![b'x'; 100 * i as usize]).unwrap();
+        let mode = if i % 2 == 0 { 0o640 } else { 0o604 };
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("f1", m.p("d/l")).unwrap();
+    std::fs::write(m.p("top"), b"top").unwrap();
+}
+
+/// Remounts `m` and stats every path of [`TREE`], so that every name and
+/// inode is in its caches (a fresh mount's kernel has no names: each
+/// lookup reaches the client); returns the attributes.
+fn remount_and_stat(m: &mut Mount, pool: &Pool) -> Vec<Attrs> {
+    m.unmount();
+    m.remount(pool);
+    stat_all(m, &TREE)
+}
+
+/// A pool, mount A with [`TREE`] whose snapshot holds every path (looked
+/// up in a second session, then unmounted), and a second mount B; the
+/// attributes A saw.
+fn tree_kept_by_a() -> (Pool, Mount, Mount, Vec<Attrs>) {
+    let pool = replica3();
+    let mut a = Mount::new(&pool, &[]);
+    let b = Mount::new(&pool, &[]);
+    make_tree(&a);
+    let before = remount_and_stat(&mut a, &pool);
+    a.unmount();
+    (pool, a, b, before)
+}
+
+/// Issue 7 item 3: inode records and names are kept in the cache
+/// directory at unmount and trusted at the next mount after the change
+/// feed said which keys changed meanwhile. Proved by stopping every brick
+/// (SIGSTOP) after the remount: `stat` and `readlink` of every path still
+/// answer, with the same attributes, from what the snapshot brought back.
+#[test]
+fn disk_cache_keeps_attributes_across_remounts() {
+    let pool = replica3();
+    let mut a = Mount::new(&pool, &[]);
+    make_tree(&a);
+    let before = stat_all(&a, &TREE);
+    // The first remount already trusts what the first mount kept.
+    assert_eq!(remount_and_stat(&mut a, &pool), before);
+    let v = a.snapshot_verdicts();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].contains("trusted"), "{v:?}");
+    // Now every name and inode was looked up in this session.
+    a.unmount();
+    a.wait_released();
+    assert!(a.snapshot_file().exists(), "no snapshot after the unmount");
+    a.remount(&pool);
+    assert!(
+        !a.snapshot_file().exists(),
+        "the mount did not take the snapshot"
+    );
+    let v = a.snapshot_verdicts();
+    assert_eq!(v.len(), 2, "{v:?}");
+    let (inodes, names, dropped) = trusted_counts(&v[1]);
+    // The root, d, ten files, the symlink and top; twelve names in d and
+    // two in the root.
+    assert!(inodes >= 14, "{}", v[1]);
+    assert!(names >= 13, "{}", v[1]);
+    assert_eq!(dropped, 0, "{}", v[1]);
+    for b in &pool.bricks {
+        b.as_ref().unwrap().signal(libc::SIGSTOP);
+    }
+    let after = stat_all(&a, &TREE);
+    let link = std::fs::read_link(a.p("d/l"));
+    for b in &pool.bricks {
+        b.as_ref().unwrap().signal(libc::SIGCONT);
+    }
+    assert_eq!(after, before);
+    assert_eq!(link.unwrap(), Path::new("f1"));
+    a.unmount();
+}
+
+/// Another client changes modes, sizes and names while the first is
+/// unmounted: the first mount's next session sees the new values (the
+/// feed named the keys, their records were dropped), the rest trusted.
+#[test]
+fn disk_cache_attributes_follow_changes_made_while_unmounted() {
+    let (pool, mut a, b, before) = tree_kept_by_a();
+    std::fs::set_permissions(b.p("d/f1"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(b.p("d/f2"))
+        .unwrap()
+        .set_len(5)
+        .unwrap();
+    std::fs::rename(b.p("d/f3"), b.p("d/g3")).unwrap();
+    // f5 replaced by f4: the name f5 now names another inode.
+    std::fs::rename(b.p("d/f4"), b.p("d/f5")).unwrap();
+    std::fs::write(b.p("top"), b"a longer top").unwrap();
+    a.remount(&pool);
+    let v = a.snapshot_verdicts();
+    let last = v.last().expect("a verdict");
+    let (inodes, _, dropped) = trusted_counts(last);
+    assert!(inodes > 0 && dropped >= 6, "{last}");
+    let st = |p: &str| std::fs::symlink_metadata(a.p(p)).unwrap();
+    assert_eq!(st("d/f1").mode() & 0o7777, 0o751);
+    assert_eq!(st("d/f2").len(), 5);
+    assert_eq!(std::fs::read(a.p("d/f2")).unwrap(), b"xxxxx");
+    assert_eq!(
+        errno_of(std::fs::symlink_metadata(a.p("d/f3"))),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno_of(std::fs::symlink_metadata(a.p("d/f4"))),
+        libc::ENOENT
+    );
+    let find = |p: &str| before.iter().find(|x| x.0 == p).unwrap().clone();
+    assert_eq!(st("d/g3").ino(), find("d/f3").1);
+    assert_eq!(st("d/f5").ino(), find("d/f4").1);
+    assert_eq!(st("d/f5").len(), 400);
+    assert_eq!(st("top").len(), 12);
+    assert_eq!(std::fs::read(a.p("top")).unwrap(), b"a longer top");
+    // What no one changed is as it was.
+    for p in ["d/f0", "d/f6", "d/f9", "d/l"] {
+        assert_eq!(stat_all(&a, &[p])[0], find(p));
+    }
+    // d's own attributes changed (names added and removed): new mtime.
+    assert_ne!(stat_all(&a, &["d"])[0], find("d"));
+    let mut names: Vec<String> = std::fs::read_dir(a.p("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["f0", "f1", "f2", "f5", "f6", "f7", "f8", "f9", "g3", "l"]
+    );
+    a.unmount();
+}
+
+/// Remounts `a`, which must discard its snapshot saying `why`, and checks
+/// that it sees the mode another mount gave `changed` and every path of
+/// [`TREE`] as `b` does.
+fn remount_discarding(a: &mut Mount, b: &Mount, pool: &Pool, why: &str, changed: (&str, u32)) {
+    a.remount(pool);
+    let v = a.snapshot_verdicts();
+    let last = v.last().expect("a verdict");
+    assert!(last.contains("discarded") && last.contains(why), "{v:?}");
+    let mode = std::fs::symlink_metadata(a.p(changed.0)).unwrap().mode();
+    assert_eq!(mode & 0o7777, changed.1);
+    assert_eq!(stat_all(a, &TREE), stat_all(b, &TREE));
+}
+
+/// A snapshot older than the feed keeps (more than 1024 commits by
+/// another client meanwhile), or a damaged one, is discarded whole (one
+/// info line) and the mount fetches what it needs: the values are right.
+#[test]
+fn disk_cache_snapshot_discarded_when_too_old_or_damaged() {
+    let (pool, mut a, b, _) = tree_kept_by_a();
+    // 1100 commits: more than a brick's feed keeps.
+    for i in 0..1100u32 {
+        let mode = if i % 2 == 0 { 0o600 } else { 0o644 };
+        std::fs::set_permissions(b.p("churn"), std::fs::Permissions::from_mode(mode))
+            .or_else(|_| std::fs::write(b.p("churn"), b"c"))
+            .unwrap();
+    }
+    std::fs::set_permissions(b.p("d/f1"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    remount_discarding(&mut a, &b, &pool, "change feed starts at", ("d/f1", 0o700));
+    // Now a damaged snapshot: one byte flipped in the middle.
+    stat_all(&a, &TREE);
+    a.unmount();
+    a.wait_released();
+    let path = a.snapshot_file();
+    let mut bytes = std::fs::read(&path).expect("a snapshot after the unmount");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::set_permissions(b.p("d/f2"), std::fs::Permissions::from_mode(0o711)).unwrap();
+    remount_discarding(&mut a, &b, &pool, "checksum", ("d/f2", 0o711));
+    assert!(!path.exists());
+    a.unmount();
 }
 
 /// A brick SIGKILLed while the mount is in use: writes, creates, renames

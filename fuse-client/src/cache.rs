@@ -52,6 +52,8 @@ pub struct DiskCache {
 struct Inner {
     files: HashMap<Fid, FileEntry>,
     total: u64,
+    /// Bytes of the limit held for the attribute snapshot.
+    reserved: u64,
     count: usize,
     tick: u64,
     hits: u64,
@@ -202,6 +204,11 @@ impl DiskCache {
         f.write_all(data)?;
         drop(f);
         let mut g = self.lock();
+        if size + g.reserved > self.limit {
+            drop(g);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(());
+        }
         match g.files.get(&fid).map(|f| f.version) {
             Some(v) if v > version => {
                 drop(g);
@@ -258,9 +265,17 @@ impl DiskCache {
         }
     }
 
+    /// Holds `bytes` of the limit for the attribute snapshot kept beside
+    /// the chunks (`crate::snapshot`), evicting chunks to make room.
+    pub fn reserve(&self, bytes: u64) {
+        let mut g = self.lock();
+        g.reserved = bytes;
+        self.evict(&mut g, 0);
+    }
+
     /// Evicts least recently used chunks until `extra` more bytes fit.
     fn evict(&self, g: &mut Inner, extra: u64) {
-        while g.total + extra > self.limit {
+        while g.total + g.reserved + extra > self.limit {
             let Some((fid, idx)) = g
                 .files
                 .iter()
@@ -357,6 +372,17 @@ mod tests {
         let c = DiskCache::open(&dir, 3, 300).unwrap();
         assert_eq!(c.stats().1, 3);
         assert_eq!(std::fs::read_dir(dir.join("data")).unwrap().count(), 3);
+        // Room held for the snapshot evicts chunks and bounds new ones.
+        c.reserve(150);
+        assert_eq!(c.stats().1, 1);
+        c.put(fid(2), 1, 0, &[1; 100]).unwrap();
+        assert_eq!((c.stats().0, c.stats().1), (100, 1));
+        assert!(c.read(fid(2), 1, 0, 0, 100).is_some());
+        c.put(fid(3), 1, 0, &[1; 200]).unwrap();
+        assert!(c.read(fid(3), 1, 0, 0, 1).is_none());
+        c.reserve(0);
+        c.put(fid(3), 1, 0, &[1; 200]).unwrap();
+        assert_eq!(c.stats().0, 300);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

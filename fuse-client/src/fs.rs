@@ -10,7 +10,7 @@
 //!
 //! Caches (in memory): inode records by fid and directory entries, each
 //! dropped when the change feed says another client changed the key
-//! ([`crate::mount`]); `open` always re-reads the inode (close-to-open)
+//! ([`crate::mount`]), kept across an unmount by [`crate::snapshot`]; `open` always re-reads the inode (close-to-open)
 //! and does not keep the kernel's page cache. The kernel is given no
 //! attribute lifetime, so `stat` always asks here (and is answered from
 //! the cache), and a short entry lifetime, broken by callbacks.
@@ -396,6 +396,40 @@ impl Shared {
         lock(&self.entries).clear();
     }
 
+    /// The disk cache, if any.
+    pub(crate) fn disk(&self) -> Option<&crate::cache::DiskCache> {
+        self.disk.as_ref()
+    }
+
+    /// Adds the cached inode records, then the cached names, to `enc`
+    /// until its cap (see [`crate::snapshot`]).
+    pub(crate) fn snapshot_into(&self, enc: &mut crate::snapshot::Encoder) {
+        for (fid, (v, i)) in lock(&self.attrs).iter() {
+            if !enc.push_inode(*fid, *v, i) {
+                return;
+            }
+        }
+        for ((dir, name), d) in lock(&self.entries).iter() {
+            if !enc.push_entry(*dir, name, d) {
+                return;
+            }
+        }
+    }
+
+    /// Takes records checked against the change feed (at mount) into the
+    /// caches, as if fetched; what is cached already stays.
+    pub(crate) fn trust(&self, snap: crate::snapshot::Snapshot) {
+        let mut attrs = lock(&self.attrs);
+        for (fid, v, i) in snap.inodes {
+            attrs.entry(fid).or_insert((v, i));
+        }
+        drop(attrs);
+        let mut entries = lock(&self.entries);
+        for (dir, name, d) in snap.entries {
+            entries.entry((dir, name)).or_insert(d);
+        }
+    }
+
     /// Whether commit `seq` was ours.
     pub(crate) fn take_own_peek(&self, seq: u64) -> bool {
         lock(&self.own).contains(&seq)
@@ -492,9 +526,6 @@ impl Shared {
             }
         }
         let out = r.map_err(|e| ns_errno(&e))?;
-        if out.seq != 0 {
-            lock(&self.own).insert(out.seq);
-        }
         {
             let mut attrs = lock(&self.attrs);
             let same = self.gen.load(Ordering::Acquire) == g;
@@ -508,6 +539,12 @@ impl Shared {
             for f in &out.freed {
                 attrs.remove(f);
             }
+        }
+        // Only now may the callback path skip the commit as ours: the
+        // caches hold its result (an attribute snapshot taken past it
+        // must not keep the records from before it).
+        if out.seq != 0 {
+            lock(&self.own).insert(out.seq);
         }
         for f in &out.freed {
             self.free(*f);

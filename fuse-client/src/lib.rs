@@ -7,6 +7,8 @@
 //!   (guarded all-or-nothing commits, planned again on conflict).
 //! - [`fs`]: the FUSE adapter (fuser), data through volume objects.
 //! - [`mount`]: mounting, the callback task that breaks stale caches.
+//! - [`snapshot`]: cached attributes and names kept across an unmount,
+//!   checked against the change feed at the next mount.
 //!
 //! It must never import `brick`: it reaches bricks only through `volume`.
 //! From `storage` it uses only RVM, for the client's own log.
@@ -17,6 +19,7 @@ pub mod fs;
 pub mod inode;
 pub mod mount;
 pub mod namespace;
+pub mod snapshot;
 
 pub use cml::{Cml, CmlEntry};
 pub use inode::{Dirent, Inode, Kind, Timespec};

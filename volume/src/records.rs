@@ -60,6 +60,27 @@ pub struct Change {
     pub key: Vec<u8>,
 }
 
+/// A position in a store's change feed: a commit's sequence number and
+/// the tag that names that very commit (random per commit, never 0), so a
+/// position kept for a while can be checked to lie on the store's log: a
+/// volume made again, or a commit that lost to another sequencer's, has
+/// another tag at that sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPos {
+    pub seq: u64,
+    pub tag: u64,
+}
+
+impl FeedPos {
+    /// The error for a position a store does not find on its log.
+    pub fn not_found(self) -> RecordError {
+        RecordError::FeedGap {
+            asked: self.seq,
+            oldest: 0,
+        }
+    }
+}
+
 /// Why a record operation failed.
 #[derive(Debug, Error)]
 pub enum RecordError {
@@ -71,8 +92,9 @@ pub enum RecordError {
         expected: Expect,
         found: Option<u64>,
     },
-    /// The change feed no longer holds changes this old: the caller must
-    /// drop everything it caches and start again from `oldest`.
+    /// The change feed no longer holds changes this old (or, asked from a
+    /// [`FeedPos`], does not hold that commit): the caller must drop
+    /// everything it caches and start again from `oldest`.
     #[error("change feed starts at {oldest}, asked from {asked}")]
     FeedGap { asked: u64, oldest: u64 },
     /// The store below failed (brick down, no quorum, ...).
@@ -114,10 +136,33 @@ pub trait RecordStore: Send + Sync {
         limit: usize,
         wait_ms: u32,
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>>;
+
+    /// The newest commit as a [`FeedPos`], or `None` when this store
+    /// cannot name its commits (then positions cannot be checked and
+    /// nothing should be kept across sessions by them).
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<FeedPos>, RecordError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// As [`RecordStore::changes`] from `from.seq`, after checking that the
+    /// store's log holds the very commit `from` names: `FeedGap` when it
+    /// does not (older than the feed keeps, past the head, or another
+    /// log). A store that cannot tell always answers `FeedGap`.
+    fn changes_from(
+        &self,
+        from: FeedPos,
+        limit: usize,
+        wait_ms: u32,
+    ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
+        let _ = (limit, wait_ms);
+        Box::pin(async move { Err(from.not_found()) })
+    }
 }
 
 /// An in-memory [`RecordStore`] for unit tests. It keeps the whole change
-/// feed and does not wait in [`RecordStore::changes`].
+/// feed (unless [`MemRecords::trim_feed`] drops its start) and does not
+/// wait in [`RecordStore::changes`]. Commit tags are derived from a random
+/// number per store, so two stores name their commits differently.
 #[derive(Debug, Default)]
 pub struct MemRecords {
     inner: Mutex<MemInner>,
@@ -128,11 +173,39 @@ struct MemInner {
     records: BTreeMap<Vec<u8>, Record>,
     feed: Vec<Change>,
     seq: u64,
+    /// The feed holds the commits after this one.
+    feed_start: u64,
+    nonce: u64,
+}
+
+impl MemInner {
+    /// The tag of commit `seq` (0 for the empty log's position 0).
+    fn tag(&self, seq: u64) -> u64 {
+        if seq == 0 {
+            return 0;
+        }
+        // splitmix64 of the store's nonce and the sequence number.
+        let mut z = self.nonce ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) | 1
+    }
 }
 
 impl MemRecords {
     pub fn new() -> Self {
-        Self::default()
+        let s = Self::default();
+        s.lock().nonce = rand::random();
+        s
+    }
+
+    /// Drops the feed's commits up to `seq` (as a brick's bounded feed
+    /// does): asking from before it is a [`RecordError::FeedGap`].
+    pub fn trim_feed(&self, seq: u64) {
+        let mut g = self.lock();
+        let seq = seq.min(g.seq);
+        g.feed.retain(|c| c.seq > seq);
+        g.feed_start = g.feed_start.max(seq);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
@@ -217,16 +290,53 @@ impl RecordStore for MemRecords {
         _wait_ms: u32,
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
         let g = self.lock();
-        let out: Vec<_> = g
-            .feed
-            .iter()
-            .filter(|c| c.seq > since)
-            .take(limit)
-            .cloned()
-            .collect();
-        let newest = g.seq;
-        Box::pin(async move { Ok((out, newest)) })
+        let res = mem_changes(&g, since, limit);
+        Box::pin(async move { res })
     }
+
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<FeedPos>, RecordError>> {
+        let g = self.lock();
+        let head = FeedPos {
+            seq: g.seq,
+            tag: g.tag(g.seq),
+        };
+        Box::pin(async move { Ok(Some(head)) })
+    }
+
+    fn changes_from(
+        &self,
+        from: FeedPos,
+        limit: usize,
+        _wait_ms: u32,
+    ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
+        let g = self.lock();
+        let res = if from.seq > g.seq || g.tag(from.seq) != from.tag {
+            Err(RecordError::FeedGap {
+                asked: from.seq,
+                oldest: g.feed_start,
+            })
+        } else {
+            mem_changes(&g, from.seq, limit)
+        };
+        Box::pin(async move { res })
+    }
+}
+
+fn mem_changes(g: &MemInner, since: u64, limit: usize) -> Result<(Vec<Change>, u64), RecordError> {
+    if since < g.feed_start {
+        return Err(RecordError::FeedGap {
+            asked: since,
+            oldest: g.feed_start,
+        });
+    }
+    let out: Vec<_> = g
+        .feed
+        .iter()
+        .filter(|c| c.seq > since)
+        .take(limit)
+        .cloned()
+        .collect();
+    Ok((out, g.seq))
 }
 
 #[cfg(test)]
@@ -277,5 +387,49 @@ mod tests {
         let (c, newest) = block(s.changes(2, 10, 0)).expect("feed");
         assert_eq!(newest, 4);
         assert_eq!(c.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![3, 4]);
+    }
+
+    #[test]
+    fn feed_positions_are_checked() {
+        let s = MemRecords::new();
+        for k in ["a", "b", "c"] {
+            block(s.commit(vec![put(k, Expect::Any, "x")])).expect("put");
+        }
+        let head = block(s.feed_head()).expect("head").expect("named");
+        assert_eq!(head.seq, 3);
+        assert_ne!(head.tag, 0);
+        let (c, newest) = block(s.changes_from(head, 10, 0)).expect("from head");
+        assert!(c.is_empty());
+        assert_eq!(newest, 3);
+        block(s.commit(vec![put("d", Expect::Any, "x")])).expect("put");
+        let (c, _) = block(s.changes_from(head, 10, 0)).expect("from head");
+        assert_eq!(
+            c,
+            vec![Change {
+                seq: 4,
+                key: b"d".to_vec()
+            }]
+        );
+        // Another tag at that seq (another store, another log): refused.
+        let other = FeedPos {
+            seq: 3,
+            tag: head.tag ^ 2,
+        };
+        assert!(matches!(
+            block(s.changes_from(other, 10, 0)),
+            Err(RecordError::FeedGap { asked: 3, .. })
+        ));
+        // Past the head: refused.
+        let ahead = FeedPos { seq: 9, tag: 1 };
+        assert!(block(s.changes_from(ahead, 10, 0)).is_err());
+        // Older than the feed keeps: a gap.
+        s.trim_feed(3);
+        assert!(block(s.changes_from(head, 10, 0)).is_ok());
+        s.trim_feed(4);
+        assert!(matches!(
+            block(s.changes_from(head, 10, 0)),
+            Err(RecordError::FeedGap { oldest: 4, .. })
+        ));
+        assert!(block(s.changes(2, 10, 0)).is_err());
     }
 }

@@ -36,7 +36,9 @@ use transport::{BoxFuture, Payload, Request, Response};
 
 use crate::error::VolumeError;
 use crate::link::{BrickLink, CallFail};
-use crate::records::{Change, Expect, Listing, Record, RecordError, RecordOp, RecordStore};
+use crate::records::{
+    Change, Expect, FeedPos, Listing, Record, RecordError, RecordOp, RecordStore,
+};
 use crate::replicate::Quorum;
 use crate::spec::VolumeSpec;
 
@@ -987,9 +989,12 @@ impl ReplicatedRecords {
         Err(self.no_reader())
     }
 
+    /// The feed after `since`; with a non-zero `since_tag` only if the
+    /// brick's log holds that very commit (else a gap).
     async fn feed(
         &self,
         since: u64,
+        since_tag: u64,
         limit: usize,
         wait_ms: u32,
     ) -> Result<(Vec<Change>, u64), RecordError> {
@@ -1001,7 +1006,7 @@ impl ReplicatedRecords {
                         volume: self.volume_id,
                         limit: limit.clamp(1, MAX_RECORD_ENTRIES) as u32,
                         since,
-                        since_tag: 0,
+                        since_tag,
                         wait_ms: wait_ms.min(self.max_wait_ms),
                     }),
                 )
@@ -1031,6 +1036,26 @@ impl ReplicatedRecords {
             }
         }
         Err(self.no_reader())
+    }
+
+    /// The newest head among the bricks reads may use, if they agree on
+    /// the commit at that sequence number.
+    async fn feed_head_pos(&self) -> Result<Option<FeedPos>, RecordError> {
+        let readers = self.readers().await;
+        let heads = self.heads(&readers, HeadOp::Query, 0).await;
+        let whole = || heads.iter().filter(|(_, _, h)| !h.syncing());
+        let Some(top) = whole().map(|(_, _, h)| h.id).max_by_key(|id| id.seq) else {
+            return Err(self.no_reader());
+        };
+        if whole().any(|(_, _, h)| h.id.seq == top.seq && h.id.tag != top.tag) {
+            return Ok(None);
+        }
+        // Reads from now on come from bricks at least this new.
+        self.saw_head(top.seq);
+        Ok(Some(FeedPos {
+            seq: top.seq,
+            tag: top.tag,
+        }))
     }
 }
 
@@ -1063,6 +1088,23 @@ impl RecordStore for ReplicatedRecords {
         limit: usize,
         wait_ms: u32,
     ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
-        Box::pin(self.feed(since, limit, wait_ms))
+        Box::pin(self.feed(since, 0, limit, wait_ms))
+    }
+
+    fn feed_head(&self) -> BoxFuture<'_, Result<Option<FeedPos>, RecordError>> {
+        Box::pin(self.feed_head_pos())
+    }
+
+    fn changes_from(
+        &self,
+        from: FeedPos,
+        limit: usize,
+        wait_ms: u32,
+    ) -> BoxFuture<'_, Result<(Vec<Change>, u64), RecordError>> {
+        if from.tag == 0 {
+            // Tag 0 asks for no check: refuse rather than trust it.
+            return Box::pin(async move { Err(from.not_found()) });
+        }
+        Box::pin(self.feed(from.seq, from.tag, limit, wait_ms))
     }
 }
