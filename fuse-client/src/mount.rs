@@ -22,6 +22,9 @@ use crate::fs::{ino_of, FsOptions, Shared, StrettoFs};
 use crate::inode::{parse_key, KeyRef};
 use crate::namespace::Namespace;
 
+/// Longest wait for our own commits in flight before a change the feed
+/// shows is taken for another client's (then it only costs a re-read).
+const OWN_WAIT: Duration = Duration::from_secs(2);
 /// How long one change-feed poll waits on the brick.
 const FEED_WAIT_MS: u32 = 5_000;
 
@@ -175,6 +178,10 @@ async fn follow_changes(s: Arc<Shared>, notify: std::sync::mpsc::Sender<KeyRef>)
         };
         match store.changes(from, 512, FEED_WAIT_MS).await {
             Ok((changes, newest)) => {
+                if changes.iter().any(|c| !s.take_own_peek(c.seq)) {
+                    // Perhaps ours, with the reply still on its way.
+                    s.own_settled(OWN_WAIT).await;
+                }
                 let mut last = from;
                 for c in changes {
                     last = last.max(c.seq);
