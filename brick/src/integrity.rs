@@ -42,6 +42,12 @@ enum Guard {
     Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
 }
 
+/// The chunk index volumes keep an object's size record in
+/// (`volume::xlator::SIZE_CHUNK`): changed only by one-byte punches that
+/// set its length, never read, so it gets no CRC table (one file fewer per
+/// object on the brick).
+pub const SIZE_RECORD_CHUNK: u64 = u64::MAX;
+
 /// The brick's CRC tables and the locks that keep them in step.
 #[derive(Debug)]
 pub struct Integrity {
@@ -128,6 +134,10 @@ impl Integrity {
     /// the data, so a concurrent first change to another region of the
     /// chunk, which sees the chunk exist, also finds the table.
     fn creates(&self, store: &ObjectStore, chunk: ChunkId) -> Result<bool, ErrorReply> {
+        if chunk.index == SIZE_RECORD_CHUNK {
+            // Holds no data, only a size: no table to make or keep.
+            return Ok(false);
+        }
         let new = store.stat(chunk).map_err(|e| store_err(&e))?.is_none();
         if new {
             self.tables
@@ -236,6 +246,9 @@ impl Integrity {
             store.punch(chunk, offset, len).await
         };
         res.map_err(|e| store_err(&e))?;
+        if chunk.index == SIZE_RECORD_CHUNK {
+            return Ok(());
+        }
         let end = offset.saturating_add(len);
         let (inner_a, inner_b) = (block_ceil(offset), block_floor(end));
         if inner_b > inner_a {

@@ -19,7 +19,7 @@
 //! writer client per file); data goes to the bricks at once and the new
 //! size and mtime are committed on flush (close), fsync and release.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -37,8 +37,10 @@ use volume::volfile::ImageEntry;
 use volume::{Fid, VolumeError};
 
 use crate::cml::{CmlEntry, RenameMode, SetAttr, XattrMode};
+use crate::inode::{entry_key, inode_key};
 use crate::inode::{Dirent, Inode, Kind, Timespec, TARGET_MAX};
-use crate::namespace::{Applied, Namespace, NsError};
+use crate::namespace::{Applied, Hints, Namespace, NsError};
+use volume::records::Record;
 
 /// Inode number of `/images`.
 pub const IMAGES_INO: u64 = 2;
@@ -113,6 +115,11 @@ pub struct Shared {
     opts: FsOptions,
     attrs: Mutex<HashMap<Fid, (u64, Inode)>>,
     entries: Mutex<HashMap<(Fid, Vec<u8>), Dirent>>,
+    /// Directories whose every name is in `entries`, at the inode version
+    /// given (listed, or made here, and changed since only by this mount's
+    /// creates and removals): a name missing there does not exist, as long
+    /// as the directory's cached inode is at that version.
+    whole: Mutex<HashMap<Fid, u64>>,
     /// Raised by every invalidation: a value read from the store before
     /// an invalidation is not cached after it.
     gen: AtomicU64,
@@ -128,6 +135,12 @@ pub struct Shared {
     next_fh: AtomicU64,
     /// Sequence numbers of our own commits (the callback task skips them).
     own: Mutex<HashSet<u64>>,
+    /// Tickets of our commits in flight: the feed can show one before its
+    /// reply tells us its sequence number, so the callback task waits for
+    /// those that started before it looked ([`Shared::own_settled`]).
+    inflight: Mutex<BTreeSet<u64>>,
+    next_ticket: AtomicU64,
+    settled: tokio::sync::Notify,
     images: Mutex<Option<(Instant, BTreeMap<String, ImageEntry>)>>,
     disk: Option<crate::cache::DiskCache>,
     /// The volume's capacity and when it was asked (`statfs`); the lock is
@@ -249,6 +262,7 @@ impl Shared {
             opts,
             attrs: Mutex::default(),
             entries: Mutex::default(),
+            whole: Mutex::default(),
             gen: AtomicU64::new(0),
             writers: Mutex::default(),
             lease_gates: Mutex::default(),
@@ -257,6 +271,9 @@ impl Shared {
             orphans: Mutex::default(),
             next_fh: AtomicU64::new(1),
             own: Mutex::default(),
+            inflight: Mutex::default(),
+            next_ticket: AtomicU64::new(0),
+            settled: tokio::sync::Notify::new(),
             images: Mutex::new(None),
             disk: None,
             capacity: tokio::sync::Mutex::new(None),
@@ -378,6 +395,7 @@ impl Shared {
     pub(crate) fn forget_inode(&self, fid: Fid) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         lock(&self.attrs).remove(&fid);
+        lock(&self.whole).remove(&fid);
         if let Some(d) = &self.disk {
             d.remove(fid);
         }
@@ -387,6 +405,7 @@ impl Shared {
     pub(crate) fn forget_entry(&self, dir: Fid, name: &[u8]) {
         self.gen.fetch_add(1, Ordering::AcqRel);
         lock(&self.entries).remove(&(dir, name.to_vec()));
+        lock(&self.whole).remove(&dir);
     }
 
     /// Drops every cached record (the change feed has a gap).
@@ -394,6 +413,7 @@ impl Shared {
         self.gen.fetch_add(1, Ordering::AcqRel);
         lock(&self.attrs).clear();
         lock(&self.entries).clear();
+        lock(&self.whole).clear();
     }
 
     /// The disk cache, if any.
@@ -433,6 +453,25 @@ impl Shared {
     /// Whether commit `seq` was ours.
     pub(crate) fn take_own_peek(&self, seq: u64) -> bool {
         lock(&self.own).contains(&seq)
+    }
+
+    /// Waits (at most `limit`) until every commit of ours that had started
+    /// when this was called has its sequence number recorded, so that
+    /// [`Shared::take_own_peek`] can tell ours from another client's.
+    pub(crate) async fn own_settled(&self, limit: Duration) {
+        let upto = self.next_ticket.load(Ordering::Acquire);
+        let wait = async {
+            loop {
+                let n = self.settled.notified();
+                tokio::pin!(n);
+                n.as_mut().enable();
+                if lock(&self.inflight).range(..upto).next().is_none() {
+                    return;
+                }
+                n.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
     }
 
     /// Forgets our own commits up to `seq` (the feed has passed them).
@@ -479,6 +518,9 @@ impl Shared {
         if let Some(d) = lock(&self.entries).get(&key).copied() {
             return Ok(d);
         }
+        if self.known_absent(dir) {
+            return Err(Errno::ENOENT);
+        }
         let g = self.gen.load(Ordering::Acquire);
         match self.ns.lookup(dir, name).await {
             Ok(Some(d)) => {
@@ -497,6 +539,27 @@ impl Shared {
             }
             Err(e) => Err(ns_errno(&e)),
         }
+    }
+
+    /// Whether a name not in `entries` is known not to be in `dir` (see
+    /// `whole`).
+    fn known_absent(&self, dir: Fid) -> bool {
+        let v = lock(&self.whole).get(&dir).copied();
+        v.is_some() && lock(&self.attrs).get(&dir).map(|(cv, _)| *cv) == v
+    }
+
+    /// Records that `entries` holds every name of `dir` at inode `version`
+    /// (a listing of that version, or a directory just made).
+    fn know_whole(&self, dir: Fid, version: u64, names: &[(Vec<u8>, Dirent)], g: u64) {
+        let mut ents = lock(&self.entries);
+        let mut whole = lock(&self.whole);
+        if version == 0 || self.gen.load(Ordering::Acquire) != g {
+            return;
+        }
+        for (n, d) in names {
+            ents.insert((dir, n.clone()), *d);
+        }
+        whole.insert(dir, version);
     }
 
     /// Applies one CML entry and updates the caches with its result.
@@ -518,14 +581,78 @@ impl Shared {
             _ => Vec::new(),
         };
         let g = self.gen.load(Ordering::Acquire);
-        let r = self.ns.apply(e).await;
+        let hints = self.hints_for(&e);
+        // A name this entry makes, known exactly once it commits.
+        // The directory this entry changes while keeping it whole: its
+        // names by a create or removal here, or only its attributes. Any
+        // other change to a directory (a rename, a link) drops it.
+        let names_of = match &e {
+            CmlEntry::Create { parent, .. } | CmlEntry::Remove { parent, .. } => Some(*parent),
+            CmlEntry::SetAttr { fid, .. }
+            | CmlEntry::SetXattr { fid, .. }
+            | CmlEntry::RemoveXattr { fid, .. } => Some(*fid),
+            _ => None,
+        };
+        let made_dir = matches!(&e, CmlEntry::Create { inode, .. } if inode.kind == Kind::Dir);
+        let made = match &e {
+            CmlEntry::Create {
+                parent,
+                name,
+                fid,
+                inode,
+            } => Some((
+                (*parent, name.clone()),
+                Dirent {
+                    fid: *fid,
+                    kind: inode.kind,
+                },
+            )),
+            _ => None,
+        };
+        let ticket = self.next_ticket.fetch_add(1, Ordering::AcqRel);
+        lock(&self.inflight).insert(ticket);
+        let r = self.ns.apply_hinted(e, hints).await;
         {
             let mut ents = lock(&self.entries);
             for n in names {
                 ents.remove(&n);
             }
         }
-        let out = r.map_err(|e| ns_errno(&e))?;
+        let out = match r {
+            Ok(out) => out,
+            Err(e) => {
+                self.settle_ticket(ticket);
+                return Err(ns_errno(&e));
+            }
+        };
+        if let Some((key, d)) = made {
+            let mut ents = lock(&self.entries);
+            if self.gen.load(Ordering::Acquire) == g {
+                ents.insert(key, d);
+            }
+        }
+        {
+            let mut whole = lock(&self.whole);
+            let same = self.gen.load(Ordering::Acquire) == g;
+            for (fid, v, i) in &out.inodes {
+                if i.kind != Kind::Dir {
+                    continue;
+                }
+                let kept =
+                    same && Some(*fid) == names_of && whole.get(fid).is_some_and(|w| w + 1 == *v);
+                if kept {
+                    whole.insert(*fid, *v);
+                } else if made_dir && same && out.inode.as_ref().is_some_and(|(f, _, _)| f == fid) {
+                    // A directory made here: empty.
+                    whole.insert(*fid, *v);
+                } else {
+                    whole.remove(fid);
+                }
+            }
+            for f in &out.freed {
+                whole.remove(f);
+            }
+        }
         {
             let mut attrs = lock(&self.attrs);
             let same = self.gen.load(Ordering::Acquire) == g;
@@ -542,14 +669,87 @@ impl Shared {
         }
         // Only now may the callback path skip the commit as ours: the
         // caches hold its result (an attribute snapshot taken past it
-        // must not keep the records from before it).
+        // must not keep the records from before it). The callback task
+        // waits for this ticket before it decides whose a change is.
         if out.seq != 0 {
             lock(&self.own).insert(out.seq);
         }
+        self.settle_ticket(ticket);
         for f in &out.freed {
             self.free(*f);
         }
         Ok(out)
+    }
+
+    /// A commit of ours is no longer in flight (see [`Shared::own_settled`]).
+    fn settle_ticket(&self, ticket: u64) {
+        lock(&self.inflight).remove(&ticket);
+        self.settled.notify_waiters();
+    }
+
+    /// What this mount has cached of the records `e` reads, for planning it
+    /// without asking the store first: inodes at their cached versions
+    /// (exact: a fid is never reused) and, for a new name, its entry
+    /// presumed absent. Entries that exist are read from the store (a name
+    /// removed and made again starts over at version 1, so a cached
+    /// version would not say which value it had). The commit guards all.
+    fn hints_for(&self, e: &CmlEntry) -> Hints {
+        let mut h = Hints::new();
+        let attrs = lock(&self.attrs);
+        let entries = lock(&self.entries);
+        let inode = |h: &mut Hints, fid: Fid| {
+            if let Some((v, i)) = attrs.get(&fid).filter(|(v, _)| *v != 0) {
+                let r = Record {
+                    version: *v,
+                    value: i.encode(),
+                };
+                h.insert(inode_key(fid), Some(r));
+            }
+        };
+        let child = |dir: &Fid, name: &Vec<u8>| entries.get(&(*dir, name.clone())).map(|d| d.fid);
+        match e {
+            CmlEntry::Create {
+                parent, name, fid, ..
+            } => {
+                inode(&mut h, *parent);
+                h.insert(entry_key(*parent, name), None);
+                h.insert(inode_key(*fid), None);
+            }
+            CmlEntry::Link {
+                parent, name, fid, ..
+            } => {
+                inode(&mut h, *parent);
+                inode(&mut h, *fid);
+                h.insert(entry_key(*parent, name), None);
+            }
+            CmlEntry::Remove { parent, name, .. } => {
+                inode(&mut h, *parent);
+                if let Some(f) = child(parent, name) {
+                    inode(&mut h, f);
+                }
+            }
+            CmlEntry::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => {
+                inode(&mut h, *parent);
+                inode(&mut h, *new_parent);
+                for f in [child(parent, name), child(new_parent, new_name)]
+                    .into_iter()
+                    .flatten()
+                {
+                    inode(&mut h, f);
+                }
+            }
+            CmlEntry::SetAttr { fid, .. }
+            | CmlEntry::SetXattr { fid, .. }
+            | CmlEntry::RemoveXattr { fid, .. }
+            | CmlEntry::Store { fid, .. } => inode(&mut h, *fid),
+        }
+        h
     }
 
     /// An inode lost its last name: free its data now, or at its last
@@ -731,22 +931,7 @@ impl Shared {
         let mut res = Ok(());
         if let Some(w) = writer {
             res = self.store(fid, &w).await;
-            let gate = self.gate(fid);
-            let held = gate.lock().await;
-            if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
-                lock(&self.writers).remove(&fid);
-                // Ours was the last handle: the lease is released before
-                // the next open can take it again (under the gate). Not
-                // through the last clone of the writer: a handler that
-                // answered the kernel may still hold one, and a lease left
-                // behind makes the next open settle every region of the
-                // file, as after a crash.
-                if let Err(e) = w.obj.release().await {
-                    tracing::warn!(%fid, error = %e, "lease release failed");
-                }
-            }
-            drop(held);
-            self.drop_gate(fid, gate);
+            self.drop_writer(fid, w).await;
         }
         let last = {
             let mut oc = lock(&self.open_count);
@@ -764,6 +949,26 @@ impl Shared {
         res
     }
 
+    /// Drops one handle's reference to a file's writer; the last one gives
+    /// the lease back.
+    async fn drop_writer(&self, fid: Fid, w: Arc<Writer>) {
+        let gate = self.gate(fid);
+        let held = gate.lock().await;
+        if w.refs.fetch_sub(1, Ordering::AcqRel) == 1 {
+            lock(&self.writers).remove(&fid);
+            // Ours was the last handle: the lease is released before the
+            // next open can take it again (under the gate). Not through the
+            // last clone of the writer: a handler that answered the kernel
+            // may still hold one, and a lease left behind makes the next
+            // open settle every region of the file, as after a crash.
+            if let Err(e) = w.obj.release().await {
+                tracing::warn!(%fid, error = %e, "lease release failed");
+            }
+        }
+        drop(held);
+        self.drop_gate(fid, gate);
+    }
+
     /// Size of a file as this mount sees it.
     fn size_of(&self, fid: Fid, i: &Inode) -> u64 {
         match lock(&self.writers).get(&fid) {
@@ -778,13 +983,19 @@ impl Shared {
     async fn list_dir_at(&self, fid: Fid, version: u64) -> Result<Vec<(Vec<u8>, Dirent)>, Errno> {
         use crate::cache::DIR_ENTRIES;
         let disk = self.disk.as_ref().filter(|d| d.enabled() && version != 0);
+        let g = self.gen.load(Ordering::Acquire);
         if let Some(b) = disk.and_then(|d| d.read_whole(fid, version, DIR_ENTRIES)) {
             if let Some(l) = decode_entries(&b) {
+                if self.current(fid, version) {
+                    self.know_whole(fid, version, &l, g);
+                }
                 return Ok(l);
             }
         }
-        let g = self.gen.load(Ordering::Acquire);
         let l = self.list_dir(fid).await?;
+        if self.current(fid, version) {
+            self.know_whole(fid, version, &l, g);
+        }
         if let Some(d) = disk {
             if self.gen.load(Ordering::Acquire) == g && self.current(fid, version) {
                 if let Err(e) = d.put(fid, version, DIR_ENTRIES, &encode_entries(&l)) {
@@ -819,11 +1030,28 @@ impl Shared {
         reply.entry(&ENTRY_TTL, &attr(ino_of(fid), i), Generation(0));
     }
 
-    /// Makes a new inode named `name` in `parent` (create, mknod, mkdir,
-    /// symlink).
+    /// Makes a new inode named `name` in `parent` (mknod, mkdir, symlink).
     #[allow(clippy::too_many_arguments)]
     async fn make(
         &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+    ) -> Result<(Fid, Inode), Errno> {
+        let fid = self.ns.new_fid();
+        self.make_as(fid, req, parent, name, kind, perm, rdev, target)
+            .await
+    }
+
+    /// [`Shared::make`] with the new inode's fid chosen by the caller.
+    #[allow(clippy::too_many_arguments)]
+    async fn make_as(
+        &self,
+        fid: Fid,
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
@@ -857,7 +1085,6 @@ impl Shared {
             inode.target = t.to_vec();
             inode.size = t.len() as u64;
         }
-        let fid = self.ns.new_fid();
         let out = self
             .apply(CmlEntry::Create {
                 parent: pfid,
@@ -1756,14 +1983,30 @@ impl fuser::Filesystem for StrettoFs {
         };
         let write = (flags & libc::O_ACCMODE) != libc::O_RDONLY;
         let r = s.block(async {
-            let (fid, i) = s
-                .make(req, parent, name, kind, mode & !umask, 0, None)
-                .await?;
-            let writer = if write {
-                Some(s.writer_for(fid, 0).await?)
+            // The new fid is ours alone until the create commits, so its
+            // lease is taken at the same time as the commit, not after.
+            let fid = s.ns.new_fid();
+            let made = s.make_as(fid, req, parent, name, kind, mode & !umask, 0, None);
+            let (made, writer) = if write {
+                let (m, w) = tokio::join!(made, s.writer_for(fid, 0));
+                (m, Some(w))
             } else {
-                None
+                (made.await, None)
             };
+            let (fid, i) = match made {
+                Ok(m) => m,
+                Err(e) => {
+                    if let Some(Ok(w)) = writer {
+                        s.drop_writer(fid, w).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let writer = writer.transpose()?;
+            if let Some(w) = &writer {
+                // A new object: its size is 0 without asking the bricks.
+                w.obj.assume_size(0);
+            }
             s.opened(fid);
             let fh = s.new_fh(Handle::File {
                 fid,

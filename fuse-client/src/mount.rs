@@ -32,6 +32,9 @@ use crate::inode::{parse_key, KeyRef};
 use crate::namespace::Namespace;
 use crate::snapshot;
 
+/// Longest wait for our own commits in flight before a change the feed
+/// shows is taken for another client's (then it only costs a re-read).
+const OWN_WAIT: Duration = Duration::from_secs(2);
 /// How long one change-feed poll waits on the brick.
 const FEED_WAIT_MS: u32 = 5_000;
 /// How often a live mount writes its attribute snapshot (what a crash
@@ -455,6 +458,10 @@ async fn follow_changes(
         };
         match store.changes(from, 512, FEED_WAIT_MS).await {
             Ok((changes, newest)) => {
+                if changes.iter().any(|c| !s.take_own_peek(c.seq)) {
+                    // Perhaps ours, with the reply still on its way.
+                    s.own_settled(OWN_WAIT).await;
+                }
                 let mut last = from;
                 for c in &changes {
                     last = last.max(c.seq);

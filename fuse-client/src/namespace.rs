@@ -123,19 +123,32 @@ pub fn check_name(name: &[u8]) -> Result<(), NsError> {
     Ok(())
 }
 
+/// Records a caller believes current (from its cache, or a new name it
+/// presumes absent): the first attempt of [`Namespace::apply_hinted`]
+/// plans from them instead of asking the store. Each must be exact for its
+/// version: inode keys qualify (a fid is never reused, so an inode's
+/// version names one value), entry keys only as absent (a removed and
+/// re-made name starts again at version 1).
+pub type Hints = BTreeMap<Vec<u8>, Option<Record>>;
+
 /// The records one planned mutation read, and what it writes.
 struct Txn {
     store: Arc<dyn RecordStore>,
     read: BTreeMap<Vec<u8>, Option<Record>>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    hints: Hints,
+    /// Keys whose read came from `hints`, not from the store.
+    hinted: Vec<Vec<u8>>,
 }
 
 impl Txn {
-    fn new(store: Arc<dyn RecordStore>) -> Txn {
+    fn with_hints(store: Arc<dyn RecordStore>, hints: Hints) -> Txn {
         Txn {
             store,
             read: BTreeMap::new(),
             writes: BTreeMap::new(),
+            hints,
+            hinted: Vec::new(),
         }
     }
 
@@ -144,10 +157,23 @@ impl Txn {
             return Ok(w.clone());
         }
         if !self.read.contains_key(key) {
-            let r = self.store.get(key).await?;
+            let r = match self.hints.remove(key) {
+                Some(h) => {
+                    self.hinted.push(key.to_vec());
+                    h
+                }
+                None => self.store.get(key).await?,
+            };
             self.read.insert(key.to_vec(), r);
         }
         Ok(self.read[key].as_ref().map(|r| r.value.clone()))
+    }
+
+    /// Whether every record taken from hints is also written, so that the
+    /// commit's guards check each presumption (one only read would go
+    /// unchecked).
+    fn hints_guarded(&self) -> bool {
+        self.hinted.iter().all(|k| self.writes.contains_key(k))
     }
 
     async fn inode(&mut self, fid: Fid) -> Result<Option<Inode>, NsError> {
@@ -265,7 +291,7 @@ impl Namespace {
     pub async fn replay(&self) -> Result<(usize, usize), NsError> {
         let (mut ok, mut refused) = (0, 0);
         for (n, e) in self.cml.pending_entries() {
-            match self.apply_now(&e).await {
+            match self.apply_now(&e, Hints::new()).await {
                 Ok(_) => {
                     ok += 1;
                     self.cml.done(n, true);
@@ -395,16 +421,32 @@ impl Namespace {
     /// Logs `e` and applies it (write-through): one guarded commit,
     /// planned again from fresh records on conflict.
     pub async fn apply(&self, e: CmlEntry) -> Result<Applied, NsError> {
+        self.apply_hinted(e, Hints::new()).await
+    }
+
+    /// [`Namespace::apply`], planned first from `hints` (records the
+    /// caller has cached) without reading them from the store. The commit
+    /// guards every hinted record by its version, so a stale hint only
+    /// costs a conflict; then, as after any error or a hint that would go
+    /// unguarded, the entry is planned again from the store.
+    pub async fn apply_hinted(&self, e: CmlEntry, hints: Hints) -> Result<Applied, NsError> {
         let n = self.cml.append(e.clone())?;
-        let r = self.apply_now(&e).await;
+        let r = self.apply_now(&e, hints).await;
         self.cml.done(n, r.is_ok());
         r
     }
 
-    async fn apply_now(&self, e: &CmlEntry) -> Result<Applied, NsError> {
+    async fn apply_now(&self, e: &CmlEntry, hints: Hints) -> Result<Applied, NsError> {
+        let mut hints = Some(hints).filter(|h| !h.is_empty());
         for attempt in 0..MAX_ATTEMPTS {
-            let mut t = Txn::new(self.store());
-            let plan = plan(&mut t, e).await?;
+            let hinted = hints.is_some();
+            let mut t = Txn::with_hints(self.store(), hints.take().unwrap_or_default());
+            let planned = plan(&mut t, e).await;
+            if hinted && !(planned.is_ok() && t.hints_guarded()) {
+                // Decided from cached records: decide again from the store.
+                continue;
+            }
+            let plan = planned?;
             let writes: Vec<(Fid, Option<Vec<u8>>)> = t
                 .writes
                 .iter()
@@ -450,6 +492,8 @@ impl Namespace {
                     }
                     return Ok(out);
                 }
+                // A stale hint: plan from the store at once.
+                Err(RecordError::Conflict { .. }) if hinted => {}
                 Err(RecordError::Conflict { .. }) => {
                     let ms = rand::random::<u64>() % (1 + attempt.min(20) as u64);
                     tokio::time::sleep(std::time::Duration::from_millis(ms)).await;

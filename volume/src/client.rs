@@ -695,8 +695,26 @@ impl Object {
     /// Writes `data` at `offset`; acknowledged once a quorum of each set
     /// involved has it and the bricks that missed it are marked.
     pub async fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.root().write(self.fid, offset, data).await?;
-        self.grow_to(offset + data.len() as u64).await
+        let end = offset + data.len() as u64;
+        let known = self.known_size.load(Ordering::Acquire);
+        if known != u64::MAX && end <= known {
+            return self.root().write(self.fid, offset, data).await;
+        }
+        // The size record grows alongside the data, not after it: both are
+        // done before the write is acknowledged. (A write that fails may
+        // leave the size grown over zeros, as a crash before its
+        // acknowledgement may leave either half.)
+        let root = self.root();
+        let (w, g) = tokio::join!(root.write(self.fid, offset, data), self.grow_to(end));
+        w?;
+        g
+    }
+
+    /// Tells the handle the object's size without asking the bricks: for an
+    /// object its caller has just made (size 0), so that the first write
+    /// does not ask every brick first.
+    pub fn assume_size(&self, size: u64) {
+        self.known_size.store(size, Ordering::Release);
     }
 
     async fn grow_to(&self, end: u64) -> Result<()> {

@@ -167,6 +167,11 @@ pub struct Replicate {
     /// read of the good copy and its write of the bad one (which would put
     /// the older bytes back on one brick only).
     repair_gate: tokio::sync::RwLock<()>,
+    /// Held while bricks are asked to join a lease, so two changes that
+    /// find the same brick missing do not both ask it: each grant raises
+    /// the brick's epoch, and a change sent with the first would then be
+    /// fenced by the second.
+    joins: tokio::sync::Mutex<()>,
     /// Set for the core of a dispersed set: region copies and settles
     /// then rebuild fragments by decoding instead of copying bytes.
     disperse: Option<Arc<Geometry>>,
@@ -230,6 +235,7 @@ impl Replicate {
             links,
             next: AtomicUsize::new(0),
             repair_gate: tokio::sync::RwLock::new(()),
+            joins: tokio::sync::Mutex::new(()),
             disperse,
         }
     }
@@ -441,17 +447,23 @@ impl Replicate {
     /// Under a lease, bricks that are up but not granted (they were down at
     /// acquire time, or restarted) are asked to join it.
     pub(crate) async fn join_lease(&self, fid: Fid, up: &[bool]) {
-        let (missing, duration_ms) = {
+        let missing = || {
             let st = self.st();
-            let Some(h) = st.leases.get(&fid) else { return };
+            let h = st.leases.get(&fid)?;
             let missing: Vec<usize> = (0..self.links.len())
                 .filter(|&i| up[i] && h.epochs[i] == 0)
                 .collect();
-            (missing, h.duration_ms)
+            Some((missing, h.duration_ms)).filter(|(m, _)| !m.is_empty())
         };
-        if missing.is_empty() {
+        if missing().is_none() {
             return;
         }
+        // Looked at again under the lock: another change may have brought
+        // them in meanwhile.
+        let _joining = self.joins.lock().await;
+        let Some((missing, duration_ms)) = missing() else {
+            return;
+        };
         let answers = self
             .fan_out(&missing, |_| {
                 self.lease_req(fid, LeaseOp::Acquire, duration_ms, 0)

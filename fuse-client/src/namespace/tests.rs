@@ -297,3 +297,136 @@ async fn conflicting_writers_retry_and_both_land() {
         .await;
     assert!(e.is_err());
 }
+
+/// A store that counts the `get`s and commits that reach it.
+struct Counting {
+    inner: Arc<MemRecords>,
+    gets: std::sync::atomic::AtomicUsize,
+    commits: std::sync::atomic::AtomicUsize,
+}
+
+impl RecordStore for Counting {
+    fn get<'a>(
+        &'a self,
+        key: &'a [u8],
+    ) -> transport::BoxFuture<'a, Result<Option<Record>, RecordError>> {
+        self.gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.get(key)
+    }
+    fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        after: &'a [u8],
+        limit: usize,
+    ) -> transport::BoxFuture<'a, Result<volume::records::Listing, RecordError>> {
+        self.inner.list(prefix, after, limit)
+    }
+    fn commit(&self, ops: Vec<RecordOp>) -> transport::BoxFuture<'_, Result<u64, RecordError>> {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.commit(ops)
+    }
+    fn changes(
+        &self,
+        since: u64,
+        limit: usize,
+        wait_ms: u32,
+    ) -> transport::BoxFuture<'_, Result<(Vec<volume::records::Change>, u64), RecordError>> {
+        self.inner.changes(since, limit, wait_ms)
+    }
+}
+
+async fn hint(n: &Namespace, fid: Fid) -> (Vec<u8>, Option<Record>) {
+    let key = inode_key(fid);
+    let r = n.store().get(&key).await.expect("get");
+    (key, r)
+}
+
+#[tokio::test]
+async fn hinted_applies_skip_reads_and_fall_back_when_stale() {
+    let m = Arc::new(MemRecords::new());
+    let c = Arc::new(Counting {
+        inner: m.clone(),
+        gets: Default::default(),
+        commits: Default::default(),
+    });
+    let n = Namespace::over(7, c.clone());
+    n.ensure_root(0o755, 0, 0).await.unwrap();
+    let root = n.root();
+    let gets = || c.gets.load(std::sync::atomic::Ordering::SeqCst);
+    let commits = || c.commits.load(std::sync::atomic::Ordering::SeqCst);
+    let mk = |name: &str, fid: Fid| CmlEntry::Create {
+        parent: root,
+        name: name.as_bytes().to_vec(),
+        fid,
+        inode: Inode::new(Kind::File, 0o644, 1, 2, t(20)),
+    };
+
+    // Exact hints: one commit, no read.
+    let a = n.new_fid();
+    let mut h = Hints::new();
+    h.extend([hint(&n, root).await]);
+    h.insert(entry_key(root, b"a"), None);
+    h.insert(inode_key(a), None);
+    let (g0, c0) = (gets(), commits());
+    let out = n.apply_hinted(mk("a", a), h.clone()).await.unwrap();
+    assert_eq!((gets() - g0, commits() - c0), (0, 1));
+    assert_eq!(out.inode.as_ref().map(|(f, _, _)| *f), Some(a));
+    assert_eq!(n.lookup(root, b"a").await.unwrap().unwrap().fid, a);
+
+    // The same hints are stale now (the root's version moved): the commit
+    // fails its guard, the entry is planned from the store and lands.
+    let b = n.new_fid();
+    let mut stale = h.clone();
+    stale.remove(&inode_key(a));
+    stale.remove(&entry_key(root, b"a"));
+    stale.insert(entry_key(root, b"b"), None);
+    stale.insert(inode_key(b), None);
+    let (g0, c0) = (gets(), commits());
+    n.apply_hinted(mk("b", b), stale).await.unwrap();
+    assert!(gets() > g0, "a stale hint must send the plan to the store");
+    assert_eq!(commits() - c0, 2);
+    let r = inode(&n, root).await;
+    assert_eq!(n.list(root, b"", 10).await.unwrap().len(), 2);
+    assert_eq!(r.mtime, t(20));
+
+    // A name presumed absent that exists: still EEXIST, decided from the
+    // store, and nothing changed.
+    let x = n.new_fid();
+    let mut wrong = Hints::new();
+    wrong.extend([hint(&n, root).await]);
+    wrong.insert(entry_key(root, b"a"), None);
+    wrong.insert(inode_key(x), None);
+    assert!(matches!(
+        n.apply_hinted(mk("a", x), wrong).await,
+        Err(NsError::Exists)
+    ));
+    assert_eq!(n.lookup(root, b"a").await.unwrap().unwrap().fid, a);
+    assert!(n.inode(x).await.unwrap().is_none());
+
+    // A hint that would decide an error on its own (a stale inode saying
+    // "not a file") is checked against the store before it is believed.
+    let mut lie = Inode::new(Kind::Dir, 0o755, 0, 0, t(1));
+    lie.nlink = 2;
+    let (key, real) = hint(&n, a).await;
+    let real = real.expect("a exists");
+    let mut h = Hints::new();
+    h.insert(
+        key,
+        Some(Record {
+            version: real.version,
+            value: lie.encode(),
+        }),
+    );
+    n.apply_hinted(
+        CmlEntry::Store {
+            fid: a,
+            size: 77,
+            mtime: t(30),
+        },
+        h,
+    )
+    .await
+    .unwrap();
+    assert_eq!(inode(&n, a).await.size, 77);
+}
