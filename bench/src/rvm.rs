@@ -99,6 +99,15 @@ fn rvm_commits(dir: &Path, threads: usize, ops_per_thread: usize) -> Result<(Sam
     Ok((all, rate, batch))
 }
 
+/// Seconds the section should take (a few thousand commits).
+pub fn estimate(quick: bool) -> f64 {
+    if quick {
+        1.0
+    } else {
+        3.0
+    }
+}
+
 /// Runs the RVM benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let ops = if quick { 500 } else { 3000 };
