@@ -2,8 +2,8 @@
 # Builds the release binaries (stretto and stretto-bench), runs every
 # benchmark and writes the markdown report to bench/results/latest.md.
 #
-#   bench/run.sh            # full mode (under 30 minutes)
-#   bench/run.sh --quick    # 1 repetition, 2-3 s per cell, small images (under 5 minutes)
+#   bench/run.sh            # full mode (under 30 minutes with the build)
+#   bench/run.sh --quick    # 1 repetition, ≈ 1 s per cell, small images (under 5 minutes)
 #   bench/run.sh --pin      # servers on CPU 1 (taskset), fio on CPU 0
 #
 # Needs: fio, nbdkit, qemu-utils (qemu-nbd), glusterfs-server and
@@ -33,8 +33,13 @@ done
 command -v glusterd >/dev/null ||
     echo "note: glusterd not installed (apt-get install -y glusterfs-server glusterfs-client): GlusterFS rows will be n/a" >&2
 
+mmss() { printf '%d min %02d s' $(($1 / 60)) $(($1 % 60)); }
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+start=$SECONDS
 cargo build --release -j 2 -p stretto --bin stretto
 cargo build --release -j 2 -p stretto-bench --bin stretto-bench
+build=$((SECONDS - start))
+echo "build: $(mmss $build)" >&2
 
 mkdir -p bench/results
 out=bench/results/latest.md
@@ -48,3 +53,7 @@ if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
 else
     echo "note: no plot (apt-get install -y python3-matplotlib)" >&2
 fi
+bench_s=$((SECONDS - start - build))
+total=$((SECONDS - start))
+echo "elapsed: build $(mmss $build), benchmark $(mmss $bench_s), total $(mmss $total);" \
+    "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -162,9 +162,23 @@ async fn in_process(b: Arc<brick::Brick>, kind: Kind, qd: usize, secs: f64) -> R
     Ok(ops.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Seconds of each side of a cell (TCP, in-process).
+fn secs(quick: bool) -> f64 {
+    if quick {
+        0.5
+    } else {
+        1.5
+    }
+}
+
+/// Seconds the section should take: 8 cells of two sides, ≈ 2 s of setup.
+pub fn estimate(quick: bool) -> f64 {
+    16.0 * secs(quick) + 2.0
+}
+
 /// Runs the brick-over-TCP benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let secs = if quick { 1.0 } else { 8.0 };
+    let secs = secs(quick);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

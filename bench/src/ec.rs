@@ -238,7 +238,7 @@ fn volumes(dir: &Path, quick: bool) -> Result<()> {
         .enable_all()
         .build()?;
     let r = rt.block_on(async {
-        let (span, secs) = if quick { (64 * MIB, 1.0) } else { (256 * MIB, 8.0) };
+        let (span, secs) = volume_timing(quick);
         let bricks = Bricks::start(&root.join("pool"), 6)?;
         let a = &bricks.addrs;
         let all: Vec<usize> = (0..6).collect();
@@ -286,8 +286,29 @@ fn volumes(dir: &Path, quick: bool) -> Result<()> {
     r
 }
 
+/// Object size and seconds per side of a cell of the volume table.
+fn volume_timing(quick: bool) -> (u64, f64) {
+    if quick {
+        (64 * MIB, 0.5)
+    } else {
+        (256 * MIB, 1.5)
+    }
+}
+
+/// Time per codec measurement (each of the 4 geometries × stripe sizes
+/// measures encode and reconstruct on three backends).
+fn codec_budget(quick: bool) -> Duration {
+    Duration::from_millis(if quick { 150 } else { 400 })
+}
+
+/// Seconds the section should take: 24 codec measurements, 8 volume
+/// cell sides, ≈ 5 s of six bricks and two volumes.
+pub fn estimate(quick: bool) -> f64 {
+    24.0 * codec_budget(quick).as_secs_f64() + 8.0 * volume_timing(quick).1 + 5.0
+}
+
 fn codec(quick: bool) -> Result<()> {
-    let budget = Duration::from_millis(if quick { 150 } else { 1000 });
+    let budget = codec_budget(quick);
     println!("\n## Erasure coding (GB/s of stripe data, one thread)\n");
     match isal::library() {
         Ok(_) => println!("ISA-L: loaded {}", isal::LIBRARY),

@@ -14,7 +14,8 @@ pub struct FioResult {
     pub lat_us: f64,
 }
 
-/// `fio --ioengine=io_uring --direct=1` on `file` (created at `size` bytes).
+/// `fio --ioengine=io_uring --direct=1` on `file` (created at `size` bytes),
+/// `ramp` seconds not measured then `secs` measured.
 /// `rw` is a fio pattern such as `randread` or `randwrite`.
 pub fn io_uring(
     file: &Path,
@@ -22,6 +23,7 @@ pub fn io_uring(
     rw: &str,
     bs: u32,
     qd: u32,
+    ramp: u32,
     secs: u32,
 ) -> Result<FioResult> {
     let out = Command::new("fio")
@@ -36,7 +38,7 @@ pub fn io_uring(
             &format!("--iodepth={qd}"),
             &format!("--runtime={secs}"),
             "--time_based",
-            "--ramp_time=1",
+            &format!("--ramp_time={ramp}"),
             "--randrepeat=0",
             "--output-format=json",
         ])

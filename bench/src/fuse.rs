@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::fio::Target;
 use crate::gluster::Glusterd;
-use crate::matrix::{self, Bench, RatioCol, Timing};
+use crate::matrix::{self, Bench, Plan, RatioCol, Timing};
 use crate::procs::{self, path_str, Bricks, Proc};
 use crate::stats::{record_ratio, table_header, table_row};
 
@@ -44,18 +44,63 @@ fn is_mounted(dir: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(d))
 }
 
+/// Run lengths: the fio matrix's timing, the number of small files and
+/// the time budget of each metadata phase (a slow mount must not hold the
+/// whole run: the rate is over what was done).
+struct Params {
+    t: Timing,
+    files: usize,
+    budget: Duration,
+}
+
+fn params(quick: bool) -> Params {
+    if quick {
+        Params {
+            t: Timing {
+                size: 128 * MIB,
+                reps: 1,
+                ramp: 0,
+                secs: 1,
+            },
+            files: 2_000,
+            budget: Duration::from_secs(3),
+        }
+    } else {
+        Params {
+            t: Timing {
+                size: 1024 * MIB,
+                reps: 1,
+                ramp: 1,
+                secs: 5,
+            },
+            files: 10_000,
+            budget: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Both mounts: every cell.
+const PLANS: [Plan; 2] = [Plan::ALL, Plan::ALL];
+
+/// Seconds the section should take: the matrix, the metadata phases
+/// (create and untar usually run to the budget; stat, `ls -lR` and unlink
+/// of what was created take a fraction of it), and ≈ 50 s of mounts, the
+/// tarball, teardown and removing the bricks' files (thousands of small
+/// files and directories: ≈ 30 s with other work on the machine).
+pub fn estimate(quick: bool) -> f64 {
+    let p = params(quick);
+    matrix::estimate(&PLANS, p.t) + 2.0 * 2.5 * p.budget.as_secs_f64() + 50.0
+}
+
 /// Runs the FUSE comparison in `dir`.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    // Each metadata phase stops after `budget` seconds (a slow mount must
-    // not hold the whole run): the rate is over what was done.
-    let (size, reps, ramp, secs, files, budget) = if quick {
-        (256 * MIB, 1, 0, 1, 2_000, 5)
-    } else {
-        (1024 * MIB, 1, 1, 5, 10_000, 60)
-    };
+    let Params { t, files, budget } = params(quick);
     println!(
-        "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {ramp} s ramp + {secs} s per cell, median of {reps}; metadata on {files} files)\n",
-        size / MIB
+        "\n## File system: Stretto FUSE vs GlusterFS replica 3 FUSE ({} MiB file, {} s ramp + {} s per cell, median of {}; metadata on {files} files)\n",
+        t.size / MIB,
+        t.ramp,
+        t.secs,
+        t.reps
     );
     let Some(help) = stretto_mount_help() else {
         println!("n/a (stretto mount not built)");
@@ -64,19 +109,13 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let root = dir.join("fuse-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let r = run_in(
-        &root,
-        Timing {
-            size,
-            reps,
-            ramp,
-            secs,
-        },
-        files,
-        Duration::from_secs(budget),
-        &help,
-    );
+    let r = run_in(&root, t, files, budget, &help);
+    let t0 = Instant::now();
     let _ = std::fs::remove_dir_all(&root);
+    eprintln!(
+        "  [fuse] files removed in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
     if let Err(e) = r {
         println!("n/a ({e:#})");
     }
@@ -352,17 +391,13 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
             name: "stretto replica-3 (FUSE)".into(),
             target: Target::File(s_mnt.join("bench.img")),
             pids: s_pids,
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: PLANS[0],
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
             target: Target::File(g_mnt.join("bench.img")),
             pids: [g.brick_pids("rep3"), vec![g_fuse]].concat(),
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: PLANS[1],
         },
     ];
     let figures = matrix::run(&targets, t)?;
@@ -416,5 +451,6 @@ fn run_in(root: &Path, t: Timing, files: usize, budget: Duration, help: &str) ->
     g.stop();
     step("GlusterFS stopped");
     bricks.stop();
+    step("bricks stopped");
     Ok(())
 }

@@ -14,8 +14,9 @@
 //!
 //! The gfapi targets use the file the FUSE targets laid out (the same file
 //! of the same volume). libgfapi's `glfs_fini` takes about 7 s, paid by
-//! every fio run through the gfapi engine; `--quick` therefore runs only
-//! two gfapi cells per volume (sequential write and random read at QD32).
+//! every fio run through the gfapi engine; the full run therefore runs only
+//! two gfapi cells per volume (sequential write and random read at QD32),
+//! `--quick` one (random read at QD32 on the replica).
 
 use std::collections::HashSet;
 use std::net::ToSocketAddrs;
@@ -26,12 +27,19 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::fio::Target;
-use crate::matrix::{self, Bench, RatioCol, Timing};
+use crate::matrix::{self, Bench, Plan, RatioCol, Timing};
 use crate::procs::{self, path_str, Bricks, Proc};
 
 const MIB: u64 = 1 << 20;
-/// The gfapi cells `--quick` runs.
-const GFAPI_QUICK: &[(&str, u32)] = &[("write", 32), ("randread", 32)];
+/// The gfapi cells `--quick` runs: random read at QD32 on the replica
+/// (one ≈ 7 s `glfs_fini`), none on the disperse volume.
+const GFAPI_QUICK: &[(&str, u32)] = &[("randread", 32)];
+const GFAPI_QUICK_EC: &[(&str, u32)] = &[];
+/// The gfapi cells the full run runs.
+const GFAPI_FULL: &[(&str, u32)] = &[("write", 32), ("randread", 32)];
+/// libgfapi's `glfs_fini` at the end of every fio run through the gfapi
+/// engine (measured ≈ 7 s here), for the estimate.
+const GFAPI_FINI_S: f64 = 7.0;
 const RUN_DIR: &str = "/var/run/gluster";
 const LOG_DIR: &str = "/var/log/glusterfs";
 const SOCKET: &str = "/var/run/glusterd.socket";
@@ -383,33 +391,79 @@ impl Drop for Glusterd {
     }
 }
 
+/// Run lengths: full, 1 GiB per target, 1 s ramp + 5 s per cell, one
+/// repetition; quick, 128 MiB, no ramp + 1 s.
+fn timing(quick: bool) -> Timing {
+    if quick {
+        Timing {
+            size: 128 * MIB,
+            reps: 1,
+            ramp: 0,
+            secs: 1,
+        }
+    } else {
+        Timing {
+            size: 1024 * MIB,
+            reps: 1,
+            ramp: 1,
+            secs: 5,
+        }
+    }
+}
+
+/// Stretto NBD and GlusterFS FUSE targets: every cell.
+const FULL: Plan = Plan::ALL;
+
+/// The gfapi targets: the file the FUSE target laid out, a few cells, each
+/// paying libgfapi's ≈ 7 s `glfs_fini`.
+fn gfapi_plan(quick: bool, disperse: bool) -> Plan {
+    Plan {
+        only: Some(match (quick, disperse) {
+            (false, _) => GFAPI_FULL,
+            (true, false) => GFAPI_QUICK,
+            (true, true) => GFAPI_QUICK_EC,
+        }),
+        reps: None,
+        laid_out: true,
+        extra_s: GFAPI_FINI_S,
+    }
+}
+
+/// Stretto replica-3, GlusterFS replica 3 FUSE and gfapi, then the same
+/// for disperse 2+1.
+fn plans(quick: bool) -> [Plan; 6] {
+    [
+        FULL,
+        FULL,
+        gfapi_plan(quick, false),
+        FULL,
+        FULL,
+        gfapi_plan(quick, true),
+    ]
+}
+
+/// Seconds the section should take: the matrix plus three bricks, two
+/// volumes and `nbd serve`s, glusterd, two GlusterFS volumes and mounts,
+/// and the teardown.
+pub fn estimate(quick: bool) -> f64 {
+    matrix::estimate(&plans(quick), timing(quick)) + 25.0
+}
+
 /// Runs the GlusterFS comparison in `dir`; prints "n/a (reason)" when
 /// GlusterFS cannot run here.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let (size, reps, ramp, secs) = if quick {
-        (256 * MIB, 1, 0, 1)
-    } else {
-        // One repetition of 1 s + 5 s: 48 cells, 16 of them paying
-        // libgfapi's ≈ 7 s stop, ≈ 8 minutes.
-        (1024 * MIB, 1, 1, 5)
-    };
+    let t = timing(quick);
     println!(
-        "\n## Volumes vs GlusterFS 10 (replica 3 and disperse 2+1; {} MiB per target, {ramp} s ramp + {secs} s per cell, median of {reps})\n",
-        size / MIB
+        "\n## Volumes vs GlusterFS 10 (replica 3 and disperse 2+1; {} MiB per target, {} s ramp + {} s per cell, median of {})\n",
+        t.size / MIB,
+        t.ramp,
+        t.secs,
+        t.reps
     );
     let root = dir.join("gluster-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let r = run_in(
-        &root,
-        Timing {
-            size,
-            reps,
-            ramp,
-            secs,
-        },
-        quick,
-    );
+    let r = run_in(&root, t, quick);
     let _ = std::fs::remove_dir_all(&root);
     if let Err(e) = r {
         println!("n/a ({e:#})");
@@ -467,17 +521,13 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
             name: "stretto replica-3 (NBD)".into(),
             target: Target::Nbd(format!("nbd://{rep_addr}/disk")),
             pids: [s_pids.clone(), vec![nbd_rep.pid()]].concat(),
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: FULL,
         },
         Bench {
             name: "GlusterFS replica 3 (FUSE)".into(),
             target: Target::File(mnt_rep.join("bench.img")),
             pids: [g_rep.clone(), vec![fuse_rep]].concat(),
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: FULL,
         },
         Bench {
             name: "GlusterFS replica 3 (gfapi)".into(),
@@ -486,25 +536,19 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
                 file: "bench.img".into(),
             },
             pids: g_rep,
-            only: quick.then_some(GFAPI_QUICK),
-            laid_out: true,
-            reps: None,
+            plan: gfapi_plan(quick, false),
         },
         Bench {
             name: "stretto disperse 2+1 (NBD)".into(),
             target: Target::Nbd(format!("nbd://{ec_addr}/disk")),
             pids: [s_pids, vec![nbd_ec.pid()]].concat(),
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: FULL,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (FUSE)".into(),
             target: Target::File(mnt_ec.join("bench.img")),
             pids: [g_ec.clone(), vec![fuse_ec]].concat(),
-            only: None,
-            laid_out: false,
-            reps: None,
+            plan: FULL,
         },
         Bench {
             name: "GlusterFS disperse 2+1 (gfapi)".into(),
@@ -513,9 +557,7 @@ fn run_in(root: &Path, t: Timing, quick: bool) -> Result<()> {
                 file: "bench.img".into(),
             },
             pids: g_ec,
-            only: quick.then_some(GFAPI_QUICK),
-            laid_out: true,
-            reps: None,
+            plan: gfapi_plan(quick, true),
         },
     ];
     let figures = matrix::run(&targets, t)?;

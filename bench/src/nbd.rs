@@ -17,19 +17,77 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::fio::Target;
-use crate::matrix::{self, Bench, RatioCol, Timing};
+use crate::matrix::{self, Bench, Plan, RatioCol, Timing};
 use crate::procs::{self, Bricks};
 
 const MIB: u64 = 1 << 20;
 
-/// The cells the extra columns (nbd-server, buffered peers, null ceiling)
-/// run: QD32 only.
+/// The cells nbd-server and the null ceiling run: QD32 only.
 const EXTRA_CELLS: &[(&str, u32)] = &[
     ("write", 32),
     ("read", 32),
     ("randwrite", 32),
     ("randread", 32),
 ];
+/// The cells the buffered nbdkit and qemu-nbd run: QD32 reads (what the
+/// page cache changes most; nbd-server shows buffered writes).
+const BUFFERED_CELLS: &[(&str, u32)] = &[("read", 32), ("randread", 32)];
+
+/// Run lengths: full, 1 GiB exports, 1 s ramp + 5 s per cell, 3
+/// repetitions; quick, 128 MiB, no ramp + 1 s, 1 repetition.
+///
+/// Full: the first four targets × 8 cells × 3 repetitions, nbd-server and
+/// null × 4 QD32 cells × 1, the buffered nbdkit and qemu-nbd × 2 = 108
+/// cells of ≈ 6.7 s (1 s ramp + 5 s + fio's start) ≈ 12 min, plus six 1 GiB
+/// layouts. The 1 s + 10 s cells would take ≈ 21 min for this
+/// section alone (≈ 18 min for the four like-with-like columns), leaving
+/// too little of the 30 minutes for the other sections.
+fn timing(quick: bool) -> Timing {
+    if quick {
+        Timing {
+            size: 128 * MIB,
+            reps: 1,
+            ramp: 0,
+            secs: 1,
+        }
+    } else {
+        Timing {
+            size: 1024 * MIB,
+            reps: 3,
+            ramp: 1,
+            secs: 5,
+        }
+    }
+}
+
+/// The like-with-like columns get every cell and every repetition;
+/// nbd-server and the ceiling one repetition of the QD32 cells, the
+/// buffered nbdkit and qemu-nbd one of the QD32 reads.
+const CORE: Plan = Plan::ALL;
+const EXTRA: Plan = Plan {
+    only: Some(EXTRA_CELLS),
+    reps: Some(1),
+    laid_out: false,
+    extra_s: 0.0,
+};
+const BUFFERED: Plan = Plan {
+    only: Some(BUFFERED_CELLS),
+    ..EXTRA
+};
+/// Nothing to lay out behind the null plugin.
+const CEILING: Plan = Plan {
+    laid_out: true,
+    ..EXTRA
+};
+/// Stretto single, Stretto replica-3, nbdkit cache=none, qemu-nbd
+/// cache=none, nbd-server, nbdkit buffered, qemu-nbd buffered, nbdkit null.
+const PLANS: [Plan; 8] = [CORE, CORE, CORE, CORE, EXTRA, BUFFERED, BUFFERED, CEILING];
+
+/// Seconds the section should take: the matrix plus starting four bricks,
+/// two volumes, two `nbd serve` and six peers.
+pub fn estimate(quick: bool) -> f64 {
+    matrix::estimate(&PLANS, timing(quick)) + 8.0
+}
 
 /// Runs the NBD benchmark in `dir` and prints a table per workload.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
@@ -37,24 +95,21 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     procs::need("nbdkit", "nbdkit")?;
     procs::need("qemu-nbd", "qemu-utils")?;
     procs::need("nbd-server", "nbd-server")?;
-    // Full: the first four targets × 8 cells × 3 repetitions, the other four
-    // × 4 QD32 cells × 1 = 112 cells of ≈ 6.5 s (1 s ramp + 5 s + fio's
-    // start) ≈ 12 min, plus seven 1 GiB layouts. 1 s + 10 s cells would take ≈ 26 min for this
-    // section alone, nearly the whole run's 30.
-    let (size, reps, ramp, secs) = if quick {
-        (256 * MIB, 1, 0, 1)
-    } else {
-        (1024 * MIB, 3, 1, 5)
-    };
     let root = dir.join("nbd-bench");
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root)?;
-    let r = run_in(&root, size, reps, ramp, secs);
+    let r = run_in(&root, timing(quick));
     let _ = std::fs::remove_dir_all(&root);
     r
 }
 
-fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<()> {
+fn run_in(root: &Path, t: Timing) -> Result<()> {
+    let Timing {
+        size,
+        reps,
+        ramp,
+        secs,
+    } = t;
     // Bricks 0..3: the replica-3 volume; brick 3: the single-brick volume.
     let mut bricks = Bricks::start(&root.join("pool"), 4)?;
     let rep: [usize; 3] = [0, 1, 2];
@@ -120,72 +175,60 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
     let mut null = procs::nbdkit_null(size, null_port, &log("nbdkit-null.log"))?;
 
     let (br, bs) = (bricks.pids(&rep), bricks.pids(&single));
-    let bench = |name: &str, url: String, pids: Vec<u32>, extra: bool| Bench {
+    let bench = |name: &str, url: String, pids: Vec<u32>| Bench {
         name: name.into(),
         target: Target::Nbd(url),
         pids,
-        // The like-with-like columns get every cell and every repetition;
-        // nbd-server, the buffered peers and the ceiling get one repetition
-        // of the QD32 cells (the full run must fit in 30 minutes).
-        only: extra.then_some(EXTRA_CELLS),
-        laid_out: false,
-        reps: extra.then_some(1),
+        plan: CORE,
     };
-    let mut targets = vec![
+    let mut targets = [
         bench(
             "stretto single",
             format!("nbd://{single_addr}/disk"),
             [bs, vec![nbd_single.pid()]].concat(),
-            false,
         ),
         bench(
             "stretto replica-3",
             format!("nbd://{rep_addr}/disk"),
             [br, vec![nbd_rep.pid()]].concat(),
-            false,
         ),
         bench(
             "nbdkit file cache=none",
             format!("nbd://127.0.0.1:{kit_port}/"),
             vec![nbdkit.pid()],
-            false,
         ),
         bench(
             "qemu-nbd cache=none",
             format!("nbd://127.0.0.1:{qemu_port}/disk"),
             vec![qemu.pid()],
-            false,
         ),
         bench(
             "nbd-server (buffered, page cache)",
             format!("nbd://127.0.0.1:{nbds_port}/disk"),
             vec![nbds.pid()],
-            true,
         ),
         bench(
             "nbdkit file (buffered, page cache)",
             format!("nbd://127.0.0.1:{kitb_port}/"),
             vec![nbdkit_buf.pid()],
-            true,
         ),
         bench(
             "qemu-nbd (buffered, page cache)",
             format!("nbd://127.0.0.1:{qemub_port}/disk"),
             vec![qemu_buf.pid()],
-            true,
         ),
         bench(
             "nbdkit null (ceiling: reads zeros, writes discarded)",
             format!("nbd://127.0.0.1:{null_port}/"),
             vec![null.pid()],
-            true,
         ),
     ];
-    // Nothing to lay out behind the null plugin.
-    targets[7].laid_out = true;
+    for (b, plan) in targets.iter_mut().zip(PLANS) {
+        b.plan = plan;
+    }
 
     println!(
-        "\n## NBD export vs nbdkit, qemu-nbd and nbd-server (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps} for the first four columns, 1 run of the QD32 cells for the others)\n",
+        "\n## NBD export vs nbdkit, qemu-nbd and nbd-server (fio --ioengine=nbd, loopback, {} MiB export, {ramp} s ramp + {secs} s per cell, median of {reps} for the first four columns; 1 run of the QD32 cells for nbd-server and the ceiling, of the QD32 reads for the buffered nbdkit and qemu-nbd)\n",
         size / MIB
     );
     println!(
@@ -209,15 +252,7 @@ fn run_in(root: &Path, size: u64, reps: usize, ramp: u32, secs: u32) -> Result<(
         }
     );
 
-    let figures = matrix::run(
-        &targets,
-        Timing {
-            size,
-            reps,
-            ramp,
-            secs,
-        },
-    )?;
+    let figures = matrix::run(&targets, t)?;
     let col = |num, den, title| RatioCol { num, den, title };
     matrix::print(
         "nbd",

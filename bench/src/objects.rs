@@ -62,9 +62,25 @@ async fn run_store(store: Arc<ObjectStore>, write: bool, qd: usize, secs: f64) -
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Fio's ramp and the measured seconds of each side of a cell.
+fn timing(quick: bool) -> (u32, u32) {
+    if quick {
+        (0, 1)
+    } else {
+        (1, 2)
+    }
+}
+
+/// Seconds the section should take: four cells, each the store's run and
+/// fio's (ramp + run + its start), and filling the chunk.
+pub fn estimate(quick: bool) -> f64 {
+    let (ramp, secs) = timing(quick);
+    4.0 * f64::from(ramp + 2 * secs) + 4.0 * crate::matrix::FIO_OVERHEAD_S + 2.0
+}
+
 /// Runs the object-store benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
-    let secs = if quick { 1 } else { 10 };
+    let (ramp, secs) = timing(quick);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -94,7 +110,7 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     for (name, write) in [("randread", false), ("randwrite", true)] {
         for qd in [1usize, 32] {
             let ours = rt.block_on(run_store(store.clone(), write, qd, secs as f64));
-            let peer = fio::io_uring(&peer_file, SPAN, name, 4096, qd as u32, secs)?;
+            let peer = fio::io_uring(&peer_file, SPAN, name, 4096, qd as u32, ramp, secs)?;
             table_row(&[
                 name.to_string(),
                 qd.to_string(),

@@ -99,6 +99,17 @@ fn rvm_commits(dir: &Path, threads: usize, ops_per_thread: usize) -> Result<(Sam
     Ok((all, rate, batch))
 }
 
+/// Seconds the section should take: a few thousand synchronous commits,
+/// ≈ 1 s quick and ≈ 3 s full on an idle disk, but 5 s and 23 s measured
+/// with other work writing to the same disk.
+pub fn estimate(quick: bool) -> f64 {
+    if quick {
+        3.0
+    } else {
+        15.0
+    }
+}
+
 /// Runs the RVM benchmark in `dir` and prints its table.
 pub fn run(dir: &Path, quick: bool) -> Result<()> {
     let ops = if quick { 500 } else { 3000 };

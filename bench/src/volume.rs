@@ -198,12 +198,30 @@ pub fn run(dir: &Path, quick: bool) -> Result<()> {
     r
 }
 
-async fn run_in(root: &Path, quick: bool) -> Result<()> {
-    let (span, reps, secs, heal_sizes): (u64, usize, f64, &[u64]) = if quick {
-        (256 * MIB, 1, 1.0, &[8, 32])
+/// Run lengths: object size, repetitions, seconds per cell, heal sizes in
+/// MiB. In-process cells have no process to start, so short cells with
+/// three interleaved repetitions (median, min–max) cost what one long one
+/// would.
+fn params(quick: bool) -> (u64, usize, f64, &'static [u64]) {
+    if quick {
+        (256 * MIB, 1, 0.5, &[8, 32])
     } else {
-        (1024 * MIB, 3, 10.0, &[8, 32, 128])
-    };
+        (1024 * MIB, 3, 1.0, &[8, 32, 128])
+    }
+}
+
+/// Seconds the section should take: 16 cells per repetition, laying out
+/// two objects (≈ 400 MiB/s), the heals (≈ 3 s each) and ≈ 5 s of bricks.
+pub fn estimate(quick: bool) -> f64 {
+    let (span, reps, secs, heals) = params(quick);
+    (CELLS.len() * 2 * reps) as f64 * secs
+        + 2.0 * span as f64 / MIB as f64 / 400.0
+        + 3.0 * heals.len() as f64
+        + 5.0
+}
+
+async fn run_in(root: &Path, quick: bool) -> Result<()> {
+    let (span, reps, secs, heal_sizes) = params(quick);
     // Bricks 0..3: replica-3; brick 3: single-brick distribute.
     let mut bricks = Bricks::start(&root.join("pool"), 4)?;
     let secret = Secret::load(&bricks.secret).context("load the pool secret")?;
@@ -260,15 +278,27 @@ async fn run_in(root: &Path, quick: bool) -> Result<()> {
             figs[i][1].push(r);
         }
     }
+    // The median, with min–max when there are several repetitions.
+    let fig = |v: &Vec<f64>| {
+        let m = median(v.clone());
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let text = if v.len() > 1 {
+            format!("{m:.0} [{lo:.0}–{hi:.0}]")
+        } else {
+            format!("{m:.0}")
+        };
+        (m, text)
+    };
     for (i, cell) in CELLS.iter().enumerate() {
-        let s = median(figs[i][0].clone());
-        let r = median(figs[i][1].clone());
+        let (s, s_text) = fig(&figs[i][0]);
+        let (r, r_text) = fig(&figs[i][1]);
         table_row(&[
             cell.title.to_string(),
             cell.qd.to_string(),
             if cell.seq { "MiB/s" } else { "IOPS" }.to_string(),
-            format!("{s:.0}"),
-            format!("{r:.0}"),
+            s_text,
+            r_text,
             format!("{:.2}×", r / s),
         ]);
     }
