@@ -60,6 +60,11 @@ const STATFS_BLOCK: u32 = 4096;
 /// How long `statfs` reuses the volume's capacity before asking the bricks
 /// again.
 const STATFS_CACHE: Duration = Duration::from_secs(1);
+/// A read that misses the disk cache fetches (and keeps) the whole 1 MiB
+/// chunk when it asks for at least this much, starts the chunk, or the
+/// chunk is no longer than this (a small file); smaller reads inside a
+/// chunk take only their bytes from the bricks.
+const WHOLE_CHUNK_READ: u64 = 128 * 1024;
 /// Block size reported to `stat`.
 const BLKSIZE: u32 = 128 * 1024;
 
@@ -350,8 +355,23 @@ impl Shared {
                 at += n;
                 continue;
             }
-            let g = self.gen.load(Ordering::Acquire);
             let clen = CHUNK.min(end - base);
+            if n < WHOLE_CHUNK_READ && clen > WHOLE_CHUNK_READ && at != base {
+                // A small read inside a large chunk (random access): only
+                // its bytes, not cached. Fetching the whole chunk for each
+                // would read up to 256 times what was asked.
+                let mut d = self
+                    .client
+                    .object(fid)
+                    .read(at, n)
+                    .await
+                    .map_err(|e| vol_errno(&e))?;
+                d.resize(n as usize, 0);
+                out.extend_from_slice(&d);
+                at += n;
+                continue;
+            }
+            let g = self.gen.load(Ordering::Acquire);
             let mut chunk = self
                 .client
                 .object(fid)
