@@ -46,8 +46,8 @@ pub struct MountArgs {
     /// Most bytes of file data kept in the cache directory (e.g. 512M, 4G).
     #[arg(long, default_value = "1G")]
     cache_size: String,
-    /// FUSE session threads.
-    #[arg(long, default_value_t = 4)]
+    /// FUSE session threads (requests served at once).
+    #[arg(long, default_value_t = 8)]
     threads: usize,
     /// Internal: print the ready line on stdout (set by the background start).
     #[arg(long, hide = true)]

@@ -1207,7 +1207,10 @@ fn check_xattr_name(name: &[u8]) -> Result<(), Errno> {
 
 impl fuser::Filesystem for StrettoFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // ASYNC_DIO: O_DIRECT requests of one file are sent in parallel
+        // (an io_depth of 32 is 32 requests, not one at a time).
         let want = fuser::InitFlags::FUSE_AUTO_INVAL_DATA
+            | fuser::InitFlags::FUSE_ASYNC_DIO
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
             | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(want & config.capabilities());
@@ -1495,8 +1498,12 @@ impl fuser::Filesystem for StrettoFs {
                 Kind::File => {}
                 _ => return Err(Errno::EINVAL),
             }
+            // O_DIRECT asks for no caching: such a handle reads the bricks.
+            let direct = flags.0 & libc::O_DIRECT != 0;
             let (writer, cached) = if write {
                 (Some(s.writer_for(fid, i.size).await?), None)
+            } else if direct {
+                (None, None)
             } else {
                 (None, s.cacheable(fid, version, i.size))
             };
