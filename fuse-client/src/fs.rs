@@ -360,26 +360,12 @@ impl Shared {
                 // A small read inside a large chunk (random access): only
                 // its bytes, not cached. Fetching the whole chunk for each
                 // would read up to 256 times what was asked.
-                let mut d = self
-                    .client
-                    .object(fid)
-                    .read(at, n)
-                    .await
-                    .map_err(|e| vol_errno(&e))?;
-                d.resize(n as usize, 0);
-                out.extend_from_slice(&d);
+                out.extend_from_slice(&self.read_bricks(fid, at, n).await?);
                 at += n;
                 continue;
             }
             let g = self.gen.load(Ordering::Acquire);
-            let mut chunk = self
-                .client
-                .object(fid)
-                .read(base, clen)
-                .await
-                .map_err(|e| vol_errno(&e))?;
-            // Past the object's end (a file grown by truncate): zeros.
-            chunk.resize(clen as usize, 0);
+            let chunk = self.read_bricks(fid, base, clen).await?;
             if self.gen.load(Ordering::Acquire) == g && self.current(fid, version) {
                 if let Err(e) = disk.put(fid, version, idx, &chunk) {
                     tracing::warn!(%fid, error = %e, "cannot write to the cache directory");
@@ -389,6 +375,19 @@ impl Shared {
             at += n;
         }
         Ok(out)
+    }
+
+    /// `len` bytes of `fid`'s object at `offset`, from the bricks; zeros
+    /// past the object's end (a file grown by truncate).
+    async fn read_bricks(&self, fid: Fid, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let mut d = self
+            .client
+            .object(fid)
+            .read(offset, len)
+            .await
+            .map_err(|e| vol_errno(&e))?;
+        d.resize(len as usize, 0);
+        Ok(d)
     }
 
     fn fid(&self, ino: INodeNo) -> Fid {

@@ -20,10 +20,10 @@ async fn three(pool: &Pool) -> Vec<InBrick> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_of_three_down_writes_fail_clearly_reads_go_on() {
-    let pool = Pool::new();
-    let bricks = three(&pool).await;
+/// Three in-process bricks, links to them that a test can cut, and a
+/// replica-3 client over those links.
+async fn replica3(pool: &Pool) -> (Vec<InBrick>, Vec<std::sync::Arc<Cut>>, Client) {
+    let bricks = three(pool).await;
     let addrs: Vec<String> = bricks.iter().map(|b| b.addr.to_string()).collect();
     let (links, cuts) = cut_links(&addrs, &pool.secret).await;
     let client = Client::with_links(
@@ -31,6 +31,13 @@ async fn two_of_three_down_writes_fail_clearly_reads_go_on() {
         links,
     )
     .expect("client");
+    (bricks, cuts, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_down_writes_fail_clearly_reads_go_on() {
+    let pool = Pool::new();
+    let (bricks, cuts, client) = replica3(&pool).await;
     let fid = Fid {
         volume: 3,
         vnode: 9,
@@ -333,14 +340,7 @@ async fn brick_refuses_a_stale_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_brick_joins_the_lease_once_under_concurrent_writes() {
     let pool = Pool::new();
-    let bricks = three(&pool).await;
-    let addrs: Vec<String> = bricks.iter().map(|b| b.addr.to_string()).collect();
-    let (links, cuts) = cut_links(&addrs, &pool.secret).await;
-    let client = Client::with_links(
-        spec(3, VolumeKind::Replicate { replica: 3 }, addrs, CHUNK),
-        links,
-    )
-    .expect("client");
+    let (bricks, cuts, client) = replica3(&pool).await;
     let fid = Fid {
         volume: 3,
         vnode: 12,
