@@ -1049,24 +1049,9 @@ impl Shared {
         reply.entry(&ENTRY_TTL, &attr(ino_of(fid), i), Generation(0));
     }
 
-    /// Makes a new inode named `name` in `parent` (mknod, mkdir, symlink).
-    #[allow(clippy::too_many_arguments)]
-    async fn make(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        kind: Kind,
-        perm: u32,
-        rdev: u32,
-        target: Option<&[u8]>,
-    ) -> Result<(Fid, Inode), Errno> {
-        let fid = self.ns.new_fid();
-        self.make_as(fid, req, parent, name, kind, perm, rdev, target)
-            .await
-    }
-
-    /// [`Shared::make`] with the new inode's fid chosen by the caller.
+    /// Makes a new inode `fid` (the caller draws it: `create` takes its
+    /// lease before the name commits) named `name` in `parent` (create,
+    /// mknod, mkdir, symlink).
     #[allow(clippy::too_many_arguments)]
     async fn make_as(
         &self,
@@ -1332,7 +1317,16 @@ impl fuser::Filesystem for StrettoFs {
         } else {
             0
         };
-        match s.block(s.make(req, parent, name, kind, mode & !umask, rdev, None)) {
+        match s.block(s.make_as(
+            s.ns.new_fid(),
+            req,
+            parent,
+            name,
+            kind,
+            mode & !umask,
+            rdev,
+            None,
+        )) {
             Ok((fid, i)) => s.entry_reply(fid, &i, reply),
             Err(e) => reply.error(e),
         }
@@ -1348,7 +1342,16 @@ impl fuser::Filesystem for StrettoFs {
         reply: ReplyEntry,
     ) {
         let s = &self.s;
-        match s.block(s.make(req, parent, name, Kind::Dir, mode & !umask, 0, None)) {
+        match s.block(s.make_as(
+            s.ns.new_fid(),
+            req,
+            parent,
+            name,
+            Kind::Dir,
+            mode & !umask,
+            0,
+            None,
+        )) {
             Ok((fid, i)) => s.entry_reply(fid, &i, reply),
             Err(e) => reply.error(e),
         }
@@ -1375,7 +1378,16 @@ impl fuser::Filesystem for StrettoFs {
         if t.len() > TARGET_MAX {
             return reply.error(Errno::ENAMETOOLONG);
         }
-        match s.block(s.make(req, parent, link_name, Kind::Symlink, 0o777, 0, Some(t))) {
+        match s.block(s.make_as(
+            s.ns.new_fid(),
+            req,
+            parent,
+            link_name,
+            Kind::Symlink,
+            0o777,
+            0,
+            Some(t),
+        )) {
             Ok((fid, i)) => s.entry_reply(fid, &i, reply),
             Err(e) => reply.error(e),
         }
